@@ -1,0 +1,34 @@
+# vae-runner: `make help` lists the targets. Each one creates .venv and installs the project when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help install run test test-slow bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and pip install -e .[dev]
+	@true
+
+run: $(STAMP) ## train the default VAE on MNIST (extra Hydra overrides: make run ARGS="model=cvae")
+	$(VENV)/bin/vae-run $(ARGS)
+
+test: $(STAMP) ## run the test suite (about 5 minutes on 2 CPU cores)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP) ## run only the long end-to-end tests
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+bench: $(STAMP) ## measure training throughput against a DataLoader baseline
+	$(PY) benchmarks/throughput.py
+
+clean: ## remove the virtual environment and build leftovers (keeps outputs/)
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,177 @@
+"""The typed config schema, its registration with Hydra, and the checks Hydra's types cannot express."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from vae_runner.errors import UserError
+
+ARCHS = ("auto", "mlp", "conv")
+LIKELIHOODS = ("bernoulli", "gaussian")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass
+class ModelConfig:
+    """Maps one-to-one onto `vae_runner.model.VAE` plus the objective's weights."""
+
+    name: str = "vae"
+    arch: str = "auto"  # auto: conv for colour images, mlp for greyscale
+    latent_dim: int = 20
+    hidden_dims: list[int] = field(default_factory=lambda: [512, 256])
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    conditional: bool = False  # CVAE: condition encoder and decoder on the one-hot label
+    likelihood: str = "bernoulli"
+    beta: float = 1.0
+    kl_warmup_steps: int = 0  # linear ramp of the KL weight from 0 to beta
+
+
+@dataclass
+class DatasetConfig:
+    """Where the images come from and how much of them to use."""
+
+    name: str = "mnist"
+    root: str = "data"  # torchvision datasets live (or are downloaded) under here
+    path: Optional[str] = None  # image_folder: the folder of images
+    image_size: Optional[int] = None  # resize to this square size; null keeps the native size
+    channels: Optional[int] = None  # image_folder: 1 (greyscale) or 3 (RGB, the default)
+    train_samples: Optional[int] = None  # use only the first N training images
+    val_samples: Optional[int] = None  # use only the first N test images
+    val_fraction: float = 0.1  # image_folder without train/ and test/ subfolders
+    max_memory_mb: int = 4096  # larger image folders stream from disk through a DataLoader
+    num_workers: int = 2  # DataLoader workers for decoding image folders
+
+
+@dataclass
+class TrainConfig:
+    """The training loop's length, batch and logging cadence."""
+
+    epochs: int = 10
+    max_steps: Optional[int] = None  # stop after this many optimizer steps, whatever the epoch
+    batch_size: int = 128
+    log_every_steps: int = 10
+    image_every_epochs: int = 1
+
+
+@dataclass
+class OptimConfig:
+    """A partially applied torch optimizer: `instantiate(cfg.optim)(model.parameters())`."""
+
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+
+
+def config_dir() -> str:
+    """The directory holding the YAML configs, in an installed wheel or in a source checkout."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / "configs", package_dir.parent / "configs"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"vae-runner's configs/ folder is missing next to {package_dir}; reinstall vae-runner.")
+
+
+def register_configs() -> None:
+    """Register the schema and the run-naming resolver with Hydra (idempotent)."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+    if not OmegaConf.has_resolver("vae_runner.run_name"):
+        OmegaConf.register_new_resolver("vae_runner.run_name", run_name)
+
+
+# Keys that say where things are, not what was tried: left out of run names.
+_UNNAMED_KEYS = ("dataset.root", "dataset.path", "device", "hydra.")
+
+
+def run_name(overrides: Any, swept_only: bool = False) -> str:
+    """Name a run directory after its overrides, e.g. `model.beta=4,model=beta_vae`.
+
+    With `swept_only`, keep just the keys swept on the command line (a multirun's
+    `model.beta=0.5,1,2`), so a sweep's runs are labelled by what varied.
+    """
+    pairs = [str(o) for o in overrides if not str(o).lstrip("+~").startswith(_UNNAMED_KEYS)]
+    if swept_only:
+        swept = _swept_keys(sys.argv[1:])
+        if swept:
+            pairs = [p for p in pairs if p.split("=", 1)[0].lstrip("+~") in swept]
+    name = ",".join(sorted(pairs)) or "defaults"
+    return re.sub(r"[^\w.,=+\-]", "_", name)[:120]
+
+
+def _swept_keys(argv: list[str]) -> set[str]:
+    """The keys given several values on the command line (Hydra's sweep syntax)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:  # an unparsable argv is Hydra's to report, not ours
+        return set()
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse values the schema's types allow but a run cannot use, with one sentence each."""
+    m, d, t, o = cfg.model, cfg.dataset, cfg.train, cfg.optim
+    _choice("model.arch", m.arch, ARCHS)
+    _choice("model.likelihood", m.likelihood, LIKELIHOODS)
+    _choice("dataset.name", d.name, DATASETS)
+    _choice("precision", cfg.precision, PRECISIONS)
+    _positive("model.latent_dim", m.latent_dim)
+    _positive("train.batch_size", t.batch_size)
+    _positive("train.epochs", t.epochs)
+    _positive("train.log_every_steps", t.log_every_steps)
+    _positive("optim.lr", o.lr)
+    for i, width in enumerate(m.hidden_dims):
+        _positive(f"model.hidden_dims[{i}]", width)
+    for i, width in enumerate(m.conv_channels):
+        _positive(f"model.conv_channels[{i}]", width)
+    if m.beta < 0:
+        raise UserError(f"model.beta={m.beta} is negative; use a KL weight >= 0 (1 is the plain VAE).")
+    if m.kl_warmup_steps < 0:
+        raise UserError(f"model.kl_warmup_steps={m.kl_warmup_steps} is negative; use 0 for no warm-up.")
+    for key in ("image_size", "train_samples", "val_samples"):
+        if d[key] is not None:
+            _positive(f"dataset.{key}", d[key])
+    if t.max_steps is not None:
+        _positive("train.max_steps", t.max_steps)
+    if d.channels not in (None, 1, 3):
+        raise UserError(f"dataset.channels={d.channels} is not supported; use 1 (greyscale) or 3 (RGB).")
+    if not 0 < d.val_fraction < 1:
+        raise UserError(f"dataset.val_fraction={d.val_fraction} must lie strictly between 0 and 1.")
+    if not DEVICE_PATTERN.match(str(cfg.device)):
+        raise UserError(f"device={cfg.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps.")
+    if d.name == "image_folder" and not d.path:
+        raise UserError("dataset=image_folder needs dataset.path: pass dataset.path=/folder/of/images.")
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{key}={value!r} is not one of {', '.join(choices)}; pick one of those.")
+
+
+def _positive(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UserError(f"{key}={value!r} must be a positive number.")

@@ -1,0 +1,70 @@
+"""TensorBoard: scalars as `split/name`, image grids, and the HParams entry, all in the run's own writer."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+from torchvision.utils import make_grid
+
+HPARAM_METRICS = ("val/loss", "val/elbo", "val/recon", "val/kl")
+
+
+class Tracker:
+    """Writes everything under `<run_dir>/tensorboard/`, so TensorBoard shows one run per run directory."""
+
+    def __init__(self, log_dir: Path):
+        self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=10)
+
+    def scalars(self, split: str, values: Mapping[str, float | Tensor], step: int) -> None:
+        """Log each value as `split/name` at this step."""
+        for name, value in values.items():
+            self.writer.add_scalar(f"{split}/{name}", value.item() if isinstance(value, Tensor) else value, step)
+
+    def image(self, tag: str, grid: Tensor, step: int) -> None:
+        """Log one (C, H, W) image in [0, 1]."""
+        self.writer.add_image(tag, grid.clamp(0, 1).cpu(), step)
+
+    def hparams(self, hparams: Mapping[str, object], metrics: tuple[str, ...] = HPARAM_METRICS) -> None:
+        """Declare this run's hyper-parameters for the HParams tab.
+
+        Written into this run's own event file: `SummaryWriter.add_hparams` would
+        create an extra timestamped run instead. The metric columns read the
+        last value of the run's own scalar tags (`val/loss`, ...), so they fill
+        in as training goes and survive a crash.
+        """
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        strings = {k: [v] for k, v in clean.items() if isinstance(v, str)}
+        exp, ssi, sei = hparams_summary(clean, {m: math.nan for m in metrics}, hparam_domain_discrete=strings)
+        for summary in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(summary)
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        self.writer.close()
+
+
+def reconstruction_grid(x: Tensor, recon: Tensor, n: int = 8) -> Tensor:
+    """Inputs on the top row, their reconstructions below: (C, H', W')."""
+    n = min(n, x.shape[0])
+    return make_grid(torch.cat([x[:n], recon[:n]]).float().cpu(), nrow=n, padding=2, pad_value=1.0)
+
+
+def samples_grid(samples: Tensor, per_row: int = 8) -> Tensor:
+    """Samples from the prior laid out `per_row` to a row (for a CVAE: one row per class)."""
+    return make_grid(samples.float().cpu(), nrow=per_row, padding=2, pad_value=1.0)
+
+
+def prior_latents(latent_dim: int, num_classes: int, per_row: int = 8, seed: int = 0) -> tuple[Tensor, Optional[Tensor]]:
+    """Fixed latents for the sample grid, the same every epoch; for a CVAE the same z down each column."""
+    g = torch.Generator().manual_seed(seed)
+    if num_classes:
+        z = torch.randn(per_row, latent_dim, generator=g).repeat(num_classes, 1)  # (K * per_row, D)
+        y = torch.arange(num_classes).repeat_interleave(per_row)  # row k is class k
+        return z, y
+    return torch.randn(per_row * per_row, latent_dim, generator=g), None
