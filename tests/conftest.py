@@ -1,0 +1,84 @@
+"""Shared fixtures: real MNIST from ../shared/data when present, else a small MNIST-format set built here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from vae_runner.config import config_dir, register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def build_fake_mnist(root: Path, n_train: int = 3000, n_test: int = 500, seed: int = 0) -> Path:
+    """Write MNIST-format idx files whose class k is a bright bar at a class-dependent place, plus noise."""
+    from vae_runner.data.mnist_mirror import write_idx
+
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = (rng.random((n, 28, 28)) * 40).astype(np.uint8)
+        for i, k in enumerate(labels):
+            row = 3 + 2 * int(k)
+            images[i, row : row + 3, 4:24] = 255
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding MNIST/raw/: the real copy in ../shared/data, or a small fake one."""
+    if (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        return SHARED_DATA
+    return build_fake_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.fixture(scope="session")
+def fashion_root() -> Path:
+    """../shared/data when it holds Fashion-MNIST (tests needing it skip otherwise)."""
+    if not (SHARED_DATA / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.skip("Fashion-MNIST is not in ../shared/data")
+    return SHARED_DATA
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The real config, composed as `vae-run` would, with overrides."""
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides or [], return_hydra_config=False)
+
+
+def vae_run(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed `vae-run` console script as a user would."""
+    exe = Path(sys.executable).with_name("vae-run")
+    env = {**os.environ, "COLUMNS": "120", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag in a TensorBoard run, read back with TensorBoard's own event reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def read_images(event_dir: Path) -> dict[str, list[tuple[int, int, int]]]:
+    """Image tags with (step, height, width) of each logged image."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(event_dir), size_guidance={"images": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.height, e.width) for e in acc.Images(tag)] for tag in acc.Tags()["images"]}

@@ -1,0 +1,79 @@
+"""The objective's terms against torch's own distributions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
+
+from vae_runner.model import VAEOutput
+from vae_runner.objective import bernoulli_nll, elbo_terms, gaussian_kl, gaussian_nll, kl_weight, likelihood_mean
+
+
+def _output(batch: int = 16, latent: int = 8, shape: tuple[int, ...] = (1, 6, 6), seed: int = 0) -> tuple[torch.Tensor, VAEOutput]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, *shape, generator=g)
+    mu, logvar = torch.randn(batch, latent, generator=g) * 2, torch.randn(batch, latent, generator=g)
+    logits = torch.randn(batch, *shape, generator=g) * 3
+    return x, VAEOutput(logits, mu, logvar, mu)
+
+
+def test_kl_matches_torch_distributions() -> None:
+    _, out = _output()
+    q = Independent(Normal(out.mu, torch.exp(0.5 * out.logvar)), 1)
+    p = Independent(Normal(torch.zeros_like(out.mu), torch.ones_like(out.mu)), 1)
+    expected = kl_divergence(q, p)  # (B,)
+    torch.testing.assert_close(gaussian_kl(out.mu, out.logvar), expected, rtol=1e-5, atol=1e-5)
+    assert expected.mean() > 1.0  # a non-trivial case
+
+
+def test_kl_is_zero_at_the_prior() -> None:
+    mu, logvar = torch.zeros(4, 10), torch.zeros(4, 10)
+    assert gaussian_kl(mu, logvar).abs().max().item() == 0.0
+
+
+def test_bernoulli_term_equals_summed_bce_on_sigmoid() -> None:
+    x, out = _output()
+    expected = F.binary_cross_entropy(torch.sigmoid(out.x_params), x, reduction="none").flatten(1).sum(1)
+    torch.testing.assert_close(bernoulli_nll(out.x_params, x), expected, rtol=1e-4, atol=1e-4)
+    # and it is -log p(x|z) for binary x under torch's Bernoulli
+    xb = (x > 0.5).float()
+    log_p = Independent(Bernoulli(logits=out.x_params), 3).log_prob(xb)
+    torch.testing.assert_close(bernoulli_nll(out.x_params, xb), -log_p, rtol=1e-5, atol=1e-4)
+
+
+def test_gaussian_term_matches_normal_log_prob() -> None:
+    x, out = _output()
+    log_scale = torch.tensor(-1.3)
+    log_p = Independent(Normal(out.x_params, log_scale.exp()), 3).log_prob(x)
+    torch.testing.assert_close(gaussian_nll(out.x_params, log_scale, x), -log_p, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 4.0])
+def test_beta_multiplies_the_kl_exactly(beta: float) -> None:
+    x, out = _output()
+    terms = elbo_terms(x, out, beta=beta, likelihood="bernoulli")
+    assert terms["loss"].item() == pytest.approx(terms["recon"].item() + beta * terms["kl"].item(), rel=1e-6)
+    assert terms["elbo"].item() == pytest.approx(-(terms["recon"].item() + terms["kl"].item()), rel=1e-6)
+    # nats per image: the batch mean of per-image sums
+    assert terms["kl"].item() == pytest.approx(gaussian_kl(out.mu, out.logvar).mean().item(), rel=1e-6)
+
+
+def test_warmup_ramps_linearly_from_zero_to_beta() -> None:
+    weights = [kl_weight(step, beta=4.0, warmup_steps=100) for step in (0, 25, 50, 100, 1000)]
+    assert weights == [0.0, 1.0, 2.0, 4.0, 4.0]
+    assert kl_weight(0, beta=2.0, warmup_steps=0) == 2.0
+
+
+def test_objective_is_fp32_under_low_precision_inputs() -> None:
+    x, out = _output()
+    half = VAEOutput(out.x_params.bfloat16(), out.mu.bfloat16(), out.logvar.bfloat16(), out.z.bfloat16())
+    terms = elbo_terms(x, half, beta=1.0, likelihood="bernoulli")
+    assert all(t.dtype == torch.float32 for t in terms.values())
+
+
+def test_likelihood_mean_is_an_image_in_unit_range() -> None:
+    logits = torch.tensor([-100.0, 0.0, 100.0])
+    assert likelihood_mean(logits, "bernoulli").tolist() == [0.0, 0.5, 1.0]
+    assert likelihood_mean(torch.tensor([-0.5, 0.3, 1.7]), "gaussian").tolist() == pytest.approx([0.0, 0.3, 1.0])
