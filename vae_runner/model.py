@@ -61,7 +61,7 @@ class VAE(nn.Module):
         image_size: int = 28,
         latent_dim: int = 20,
         arch: str = "mlp",
-        hidden_dims: Sequence[int] = (512, 256),
+        hidden_dims: Sequence[int] = (512,),
         conv_channels: Sequence[int] = (32, 64, 128),
         num_classes: int = 0,
         likelihood: str = "bernoulli",

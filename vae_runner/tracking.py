@@ -39,8 +39,9 @@ class Tracker:
         in as training goes and survive a crash.
         """
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
-        strings = {k: [v] for k, v in clean.items() if isinstance(v, str)}
-        exp, ssi, sei = hparams_summary(clean, {m: math.nan for m in metrics}, hparam_domain_discrete=strings)
+        # No discrete domains: TensorBoard takes one run's experiment summary for all, and a
+        # domain listing only that run's value would filter the other runs of a sweep out.
+        exp, ssi, sei = hparams_summary(clean, {m: math.nan for m in metrics})
         for summary in (exp, ssi, sei):
             self.writer.file_writer.add_summary(summary)
 

@@ -1,0 +1,72 @@
+"""Precision: bf16 autocast on the CPU agrees with fp32; the CUDA paths (autocast, GradScaler) run where a GPU is."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vae_runner.errors import UserError
+from vae_runner.model import VAE
+from vae_runner.objective import elbo_terms
+from vae_runner.train import resolve_device, resolve_precision, train_step
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _batch(channels: int = 1, size: int = 28, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, channels, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_bf16_autocast_on_cpu_is_within_two_percent_of_fp32(arch: str) -> None:
+    torch.manual_seed(0)
+    model = VAE(in_channels=1, image_size=28, arch=arch).eval()
+    x, _ = _batch()
+    losses = {}
+    for dtype in (None, torch.bfloat16):
+        torch.manual_seed(1)  # the same eps in the reparameterisation
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = model(x)
+        losses[dtype] = elbo_terms(x, out, beta=1.0, likelihood="bernoulli")["loss"]
+    assert out.x_params.dtype == torch.bfloat16  # autocast really ran in bf16
+    assert torch.isfinite(losses[torch.bfloat16])
+    assert losses[torch.bfloat16].item() == pytest.approx(losses[None].item(), rel=0.02)
+
+
+def test_auto_precision_is_fp32_on_cpu_and_fp16_refused_there() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(UserError, match="precision=fp16"):
+        resolve_precision("fp16", cpu)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_suggests_device_auto() -> None:
+    with pytest.raises(UserError, match="device=auto"):
+        resolve_device("cuda")
+
+
+@requires_cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_training_steps_lower_the_loss(precision: str) -> None:
+    device = torch.device("cuda")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("no bf16 on this GPU")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    torch.manual_seed(0)
+    model = VAE(in_channels=1, image_size=28, arch="conv", num_classes=10).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    x, y = (t.to(device) for t in _batch())
+    first = train_step(model, optimizer, scaler, x, y, beta=1.0, amp_dtype=dtype)["loss"].item()
+    for _ in range(30):
+        last = train_step(model, optimizer, scaler, x, y, beta=1.0, amp_dtype=dtype)["loss"].item()
+    assert last < 0.8 * first
+    assert (scaler.get_scale() > 1) == (precision == "fp16")
+
+
+@requires_cuda
+def test_auto_precision_on_cuda_uses_a_half_type() -> None:
+    assert resolve_precision("auto", torch.device("cuda")) in ("bf16", "fp16")
