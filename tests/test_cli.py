@@ -71,8 +71,10 @@ def test_run_declares_hparams_in_its_own_run(mnist_run: tuple[Path, str]) -> Non
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert {h.name for h in experiment.hparam_infos} >= {"model", "dataset", "beta", "latent_dim", "lr"}
-    assert {m.name.tag for m in experiment.metric_infos} >= {"val/loss"}
+    core = {"model", "dataset", "model.beta", "model.latent_dim", "optim.lr"}
+    assert {h.name for h in experiment.hparam_infos} >= core | {"train.batch_size", "seed"}
+    assert {h.name for h in experiment.hparam_infos if h.differs} == core  # TensorBoard shows these five first
+    assert {m.name.tag for m in experiment.metric_infos} >= {"val/loss", "val/elbo"}
 
 
 def test_run_directory_holds_config_checkpoint_and_metrics(mnist_run: tuple[Path, str]) -> None:

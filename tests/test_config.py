@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from tests.conftest import compose_config
-from vae_runner.config import run_name, validate
+from vae_runner.config import run_name, swept_keys, validate
 from vae_runner.errors import UserError
 
 MODELS = ["vae", "cvae", "beta_vae"]
@@ -74,3 +74,9 @@ def test_run_names_say_what_was_overridden() -> None:
     assert run_name(["dataset.root=/a/b", "seed=3"]) == "seed=3"
     assert run_name([]) == "defaults"
     assert "/" not in run_name(["dataset=image_folder", "dataset.image_size=32"])
+
+
+def test_swept_keys_are_those_given_several_values() -> None:
+    argv = ["-m", "model=beta_vae", "model.beta=0.5,1,2", "seed=range(3)", "train.epochs=3", "optim.lr=choice(1e-3,1e-4)"]
+    assert swept_keys(argv) == {"model.beta", "seed", "optim.lr"}
+    assert swept_keys(["model=cvae"]) == set()

@@ -116,18 +116,18 @@ def run_name(overrides: Any, swept_only: bool = False) -> str:
     """
     pairs = [str(o) for o in overrides if not str(o).lstrip("+~").startswith(_UNNAMED_KEYS)]
     if swept_only:
-        swept = _swept_keys(sys.argv[1:])
+        swept = swept_keys()
         if swept:
             pairs = [p for p in pairs if p.split("=", 1)[0].lstrip("+~") in swept]
     name = ",".join(sorted(pairs)) or "defaults"
     return re.sub(r"[^\w.,=+\-]", "_", name)[:120]
 
 
-def _swept_keys(argv: list[str]) -> set[str]:
-    """The keys given several values on the command line (Hydra's sweep syntax)."""
+def swept_keys(argv: Optional[list[str]] = None) -> set[str]:
+    """The keys given several values on the command line (Hydra's sweep syntax), e.g. {"model.beta"}."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if "=" in a and not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(args)
     except Exception:  # an unparsable argv is Hydra's to report, not ours

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -30,8 +31,8 @@ class Tracker:
         """Log one (C, H, W) image in [0, 1]."""
         self.writer.add_image(tag, grid.clamp(0, 1).cpu(), step)
 
-    def hparams(self, hparams: Mapping[str, object], metrics: tuple[str, ...] = HPARAM_METRICS) -> None:
-        """Declare this run's hyper-parameters for the HParams tab.
+    def hparams(self, hparams: Mapping[str, object], shown: Sequence[str] = (), metrics: Sequence[str] = HPARAM_METRICS) -> None:
+        """Declare this run's hyper-parameters for the HParams tab, with `shown` among the columns displayed by default.
 
         Written into this run's own event file: `SummaryWriter.add_hparams` would
         create an extra timestamped run instead. The metric columns read the
@@ -42,6 +43,12 @@ class Tracker:
         # No discrete domains: TensorBoard takes one run's experiment summary for all, and a
         # domain listing only that run's value would filter the other runs of a sweep out.
         exp, ssi, sei = hparams_summary(clean, {m: math.nan for m in metrics})
+        # TensorBoard displays the hparams marked `differs` first, five by default.
+        plugin_data = exp.value[0].metadata.plugin_data
+        data = HParamsPluginData.FromString(plugin_data.content)
+        for info in data.experiment.hparam_infos:
+            info.differs = info.name in shown
+        plugin_data.content = data.SerializeToString()
         for summary in (exp, ssi, sei):
             self.writer.file_writer.add_summary(summary)
 

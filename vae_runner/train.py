@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vae_runner.config import swept_keys
 from vae_runner.data import DatasetInfo, LoadedData, StreamingBatches, TensorBatches, load_dataset, make_batches
 from vae_runner.errors import UserError
 from vae_runner.model import VAE
@@ -114,7 +115,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     )
 
     tracker = Tracker(run_dir / "tensorboard")
-    tracker.hparams(_hparams(cfg, model.arch))
+    hparams = _hparams(cfg, model.arch)
+    tracker.hparams(hparams, shown=_shown_hparams(hparams))
     z_fixed, y_fixed = prior_latents(model.latent_dim, model.num_classes, seed=cfg.seed)
     x_fixed, y_fixed_val = _first_batch(val_batches, 8)
 
@@ -139,7 +141,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         seconds = time.perf_counter() - t_epoch
         step_seconds += seconds
         images_seen += epoch_images
-        tracker.scalars("train", {"images_per_s": epoch_images / seconds, "epoch": epoch}, step)
+        tracker.scalars("train", {"images_per_s": epoch_images / seconds}, step)
 
         beta = kl_weight(step, cfg.model.beta, cfg.model.kl_warmup_steps)
         val = evaluate(model, val_batches, beta=beta, amp_dtype=amp_dtype)
@@ -227,21 +229,36 @@ def _first_batch(batches: TensorBatches | StreamingBatches, n: int) -> tuple[tor
     return x[:n], None if y is None else y[:n]
 
 
+# The HParams columns shown by default after the swept keys (the issue's "model, dataset, beta, latent size, lr").
+CORE_HPARAMS = ("model", "dataset", "model.beta", "model.latent_dim", "optim.lr")
+
+
 def _hparams(cfg: DictConfig, arch: str) -> dict[str, Any]:
-    """The hyper-parameters shown as columns in TensorBoard's HParams tab."""
+    """The hyper-parameters shown as columns in TensorBoard's HParams tab, named by their config keys."""
     return {
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
-        "arch": arch,
-        "beta": cfg.model.beta,
-        "latent_dim": cfg.model.latent_dim,
-        "likelihood": cfg.model.likelihood,
-        "kl_warmup_steps": cfg.model.kl_warmup_steps,
-        "lr": cfg.optim.lr,
-        "batch_size": cfg.train.batch_size,
-        "epochs": cfg.train.epochs,
+        "model.arch": arch,
+        "model.beta": cfg.model.beta,
+        "model.latent_dim": cfg.model.latent_dim,
+        "model.likelihood": cfg.model.likelihood,
+        "model.kl_warmup_steps": cfg.model.kl_warmup_steps,
+        "optim.lr": cfg.optim.lr,
+        "train.batch_size": cfg.train.batch_size,
+        "train.epochs": cfg.train.epochs,
         "seed": cfg.seed,
     }
+
+
+def _shown_hparams(hparams: dict[str, Any]) -> list[str]:
+    """The keys this sweep varies, then the core ones, at least five (what TensorBoard displays by default)."""
+    shown = [k for k in sorted(swept_keys()) if k in hparams]
+    for key in CORE_HPARAMS:
+        if len(shown) >= 5:
+            break
+        if key not in shown:
+            shown.append(key)
+    return shown
 
 
 def save_checkpoint(path: Path, model: VAE, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, cfg: DictConfig, *, step: int, epoch: int) -> None:
