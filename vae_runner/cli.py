@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import random
+import os
+import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn, Optional
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -21,15 +22,13 @@ from vae_runner.errors import UserError
 
 log = logging.getLogger("vae_runner")
 console = Console()
+EXIT_USER_ERROR = 2
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
+    """Print one message to stderr, unwrapped, and exit."""
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(code)
 
 
 def print_summary(metrics: dict[str, float], run_dir: Path) -> None:
@@ -38,34 +37,136 @@ def print_summary(metrics: dict[str, float], run_dir: Path) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
-        table.add_row(name, f"{value:,.0f}" if name.endswith(("images_per_s", "steps", "epochs")) else f"{value:,.3f}")
+        integer = name.endswith(("images_per_s", "steps", "epochs", "units"))
+        table.add_row(name, f"{value:,.0f}" if integer else f"{value:,.3f}")
     console.print(table)
     console.print(f"run directory: [bold]{run_dir}[/]")
     console.print(f"tensorboard:   tensorboard --logdir {run_dir.parent}")
 
 
+def _remove_if_empty(run_dir: Path) -> None:
+    """Leave no half-written run behind: drop a run directory that holds only Hydra's records and the log."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "vae-run.log", "environment.json", "tensorboard"}:
+        if not (run_dir / "checkpoints").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def run(cfg: DictConfig) -> float:
     """One job: returns the final `val/loss`, the objective Hydra sweepers minimise."""
-    from vae_runner.train import train  # torch-heavy imports after Hydra has parsed the command line
+    from vae_runner.train import Interrupted, TrainingDiverged, train  # torch-heavy imports after Hydra parsed argv
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         validate(cfg)
         console.print(Panel(Syntax(OmegaConf.to_yaml(cfg), "yaml", background_color="default"), title="config", expand=False))
-        seed_everything(cfg.seed)
         metrics = train(cfg, run_dir)
     except UserError as err:
-        log.error("%s", err)
-        sys.exit(2)
+        _remove_if_empty(run_dir)
+        fail(str(err))
+    except Interrupted as stop:
+        fail(str(stop), stop.exit_code)
+    except TrainingDiverged as err:
+        fail(str(err), 1)
     print_summary(metrics, run_dir)
     return metrics["val/loss"]
 
 
-def main() -> None:
+# ------------------------------------------------------------------ before Hydra runs
+
+
+def expand_resume(argv: list[str]) -> list[str]:
+    """`resume=<run_dir>` becomes that run's saved overrides plus `hydra.run.dir=<run_dir>` (later overrides win)."""
+    resume = [a for a in argv if a.split("=", 1)[0].lstrip("+") == "resume"]
+    if not resume:
+        return argv
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise UserError(f"resume={run_dir} is not a vae-run run directory (no .hydra/overrides.yaml); pass a folder under outputs/runs/.")
+    previous = [str(o) for o in OmegaConf.load(saved) if not str(o).startswith(("hydra.", "resume=", "+resume="))]
+    rest = [a for a in argv if a not in resume]
+    return [*previous, *rest, f"hydra.run.dir={run_dir}"]
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose the config the way Hydra will, so that a bad key, value or group is one sentence and exit 2, before any work.
+
+    For a sweep, the first value of each swept key stands for all; every job is
+    validated again when it runs.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    overrides = []
+    for override in OverridesParser.create().parse_overrides(args.overrides):
+        if override.is_sweep_override():
+            try:
+                overrides.append(f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}")
+            except Exception:  # interval() sweeps (Optuna) have no first value: checked when each job runs
+                continue
+        else:
+            overrides.append(override.input_line)
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name=args.config_name or "config", overrides=overrides, return_hydra_config=True)
+    out = cfg.hydra.sweep.dir if args.multirun else cfg.hydra.run.dir
+    _check_writable(Path(out), "hydra.sweep.dir" if args.multirun else "hydra.run.dir")
+    validate(cfg)
+
+
+def _check_writable(folder: Path, key: str) -> None:
+    """The run directory can be created: its nearest existing ancestor is a writable folder."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create the output folder {folder}: {existing} is a file; pass {key}=<a writable folder>.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create the output folder {folder}: {existing} is not writable; pass {key}=<a writable folder> or run from a writable directory.")
+
+
+def describe_config_error(err: BaseException) -> str:
+    """Hydra's composition errors, as one sentence naming the key or option."""
+    from hydra.errors import MissingConfigException
+
+    text = str(err)
+    if isinstance(err, MissingConfigException) and "Could not find" in text:
+        missing = text.split("Could not find '", 1)[1].split("'", 1)[0]  # e.g. model/foo
+        group, _, option = missing.rpartition("/")
+        listing = text.split("Available options", 1)[-1].split("Config search path", 1)[0]
+        options = [line.strip() for line in listing.splitlines()[1:] if line.startswith("\t")]
+        if group:
+            return f"{group}={option} is not a choice for {group}; use one of: {', '.join(options)}."
+    cause = err.__cause__ or err.__context__
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    if cause is not None and str(cause).strip():
+        detail = str(cause).strip().splitlines()[0]
+        key = next((line.split("full_key:", 1)[1].strip() for line in str(cause).splitlines() if "full_key:" in line), "")
+        where = f" ({key})" if key and key not in first else ""
+        return f"{first.rstrip('.')}: {detail}{where}; check the key and value against README's config table."
+    return f"{first.rstrip('.')}; check the key and value against README's config table."
+
+
+def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point."""
+    argv = sys.argv[1:] if argv is None else argv
     register_configs()
-    run()
+    try:
+        argv = expand_resume(argv)
+        preflight(argv)
+    except UserError as err:
+        fail(str(err))
+    except Exception as err:  # Hydra's composition and override-parsing errors
+        fail(describe_config_error(err))
+    sys.argv = [sys.argv[0], *argv]
+    try:
+        run()
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+        fail("interrupted; the last checkpoint in the run directory is intact.", 130)
 
 
 if __name__ == "__main__":

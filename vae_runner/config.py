@@ -60,6 +60,9 @@ class TrainConfig:
     batch_size: int = 128
     log_every_steps: int = 10
     image_every_epochs: int = 1
+    checkpoint_every_steps: int = 500  # also at every epoch's end; 0: only there
+    grad_clip: Optional[float] = None  # clip the gradient's global norm to this
+    max_skipped_steps: int = 20  # stop after this many non-finite steps in a row
 
 
 @dataclass
@@ -160,6 +163,11 @@ def validate(cfg: DictConfig) -> None:
             _positive(f"dataset.{key}", d[key])
     if t.max_steps is not None:
         _positive("train.max_steps", t.max_steps)
+    if t.grad_clip is not None:
+        _positive("train.grad_clip", t.grad_clip)
+    _positive("train.max_skipped_steps", t.max_skipped_steps)
+    if t.checkpoint_every_steps < 0:
+        raise UserError(f"train.checkpoint_every_steps={t.checkpoint_every_steps} is negative; use 0 to checkpoint at epoch ends only.")
     if d.channels not in (None, 1, 3):
         raise UserError(f"dataset.channels={d.channels} is not supported; use 1 (greyscale) or 3 (RGB).")
     if not 0 < d.val_fraction < 1:

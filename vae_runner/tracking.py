@@ -19,8 +19,9 @@ HPARAM_METRICS = ("val/loss", "val/elbo", "val/recon", "val/kl")
 class Tracker:
     """Writes everything under `<run_dir>/tensorboard/`, so TensorBoard shows one run per run directory."""
 
-    def __init__(self, log_dir: Path):
-        self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=10)
+    def __init__(self, log_dir: Path, purge_step: Optional[int] = None):
+        # purge_step: TensorBoard discards this run's earlier events at steps >= it (used on resume).
+        self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=10, purge_step=purge_step)
 
     def scalars(self, split: str, values: Mapping[str, float | Tensor], step: int) -> None:
         """Log each value as `split/name` at this step."""

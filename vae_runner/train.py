@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+import math
+import random
+import signal
+import threading
 import time
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vae_runner.checkpoint import environment, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state, write_json
 from vae_runner.config import swept_keys
 from vae_runner.data import DatasetInfo, LoadedData, StreamingBatches, TensorBatches, load_dataset, make_batches
 from vae_runner.errors import UserError
@@ -91,8 +96,70 @@ def load_data(cfg: DictConfig) -> LoadedData:
     )
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every device): the same seed gives the same run on the CPU."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so a resumed run continues exactly."""
+
+    step: int = 0  # optimizer steps taken (skipped non-finite steps included)
+    epoch: int = 1  # the epoch in progress
+    batches_done: int = 0  # batches of `epoch` already trained
+    images_seen: int = 0
+    step_seconds: float = 0.0  # time inside training steps, all sessions
+    seconds: float = 0.0  # wall time of earlier sessions of this run
+    skipped_steps: int = 0
+    last_finite_loss: float = math.nan
+    last_finite_step: int = 0
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint; the CLI exits with 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class TrainingDiverged(Exception):
+    """Too many non-finite steps in a row."""
+
+
+class StopSignals:
+    """SIGINT and SIGTERM ask the loop to stop after the current step; a second one stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received %s: stopping after the current step (send it again to stop at once)", signal.Signals(signum).name)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """Train the configured VAE, logging to `run_dir`; returns the final metrics (also in metrics.json)."""
+    """Train the configured VAE in `run_dir`, resuming from its checkpoint if it has one; returns the final metrics."""
+    seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     amp_dtype = AMP_DTYPES[precision]
@@ -107,6 +174,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     train_batches = make_batches(data.train, cfg.train.batch_size, device, True, cfg.seed, cfg.dataset.num_workers)
     val_batches = make_batches(data.val, cfg.train.batch_size, device, False, cfg.seed, cfg.dataset.num_workers)
+
+    checkpoint_path = run_dir / "checkpoints" / "last.pt"
+    progress = Progress()
+    if checkpoint_path.exists():
+        saved = load_checkpoint(checkpoint_path)
+        load_model_state(model, saved["model"], checkpoint_path)
+        optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        progress = Progress(**{k: saved[k] for k in Progress.__dataclass_fields__ if k in saved})
+        set_rng_state(saved["rng"])
+        log.info("resuming from %s at step %d (epoch %d, batch %d)", checkpoint_path, progress.step, progress.epoch, progress.batches_done)
+    write_json(run_dir / "environment.json", environment())
+
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "%s (%s, %s params) on %s: %d train / %d val images of %dx%dx%d, device %s, precision %s",
@@ -114,61 +194,115 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         val_batches.num_samples, data.info.channels, data.info.image_size, data.info.image_size, device, precision,
     )
 
-    tracker = Tracker(run_dir / "tensorboard")
-    hparams = _hparams(cfg, model.arch)
-    tracker.hparams(hparams, shown=_shown_hparams(hparams))
+    # On resume, TensorBoard drops the events logged after the checkpoint: curves continue without duplicated points.
+    tracker = Tracker(run_dir / "tensorboard", purge_step=progress.step + 1 if progress.step else None)
+    if progress.step == 0:
+        hparams = _hparams(cfg, model.arch)
+        tracker.hparams(hparams, shown=_shown_hparams(hparams))
     z_fixed, y_fixed = prior_latents(model.latent_dim, model.num_classes, seed=cfg.seed)
     x_fixed, y_fixed_val = _first_batch(val_batches, 8)
+    session_start = time.perf_counter()
 
-    step, images_seen, step_seconds = 0, 0, 0.0
-    val: dict[str, float] = {}
-    max_steps = cfg.train.max_steps
-    t_start = time.perf_counter()
-    for epoch in range(1, cfg.train.epochs + 1):
-        model.train()
-        t_epoch, epoch_images = time.perf_counter(), 0
-        for x, y in train_batches.epoch(epoch):
-            beta = kl_weight(step, cfg.model.beta, cfg.model.kl_warmup_steps)
-            terms = train_step(model, optimizer, scaler, x, y, beta=beta, amp_dtype=amp_dtype)
-            step += 1
-            epoch_images += x.shape[0]
-            if step % cfg.train.log_every_steps == 0 or step == 1:
-                tracker.scalars("train", {"loss": terms["loss"], "recon": terms["recon"], "kl": terms["kl"], "beta": beta}, step)
-            if max_steps is not None and step >= max_steps:
-                break
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t_epoch
-        step_seconds += seconds
-        images_seen += epoch_images
-        tracker.scalars("train", {"images_per_s": epoch_images / seconds}, step)
+    def checkpoint(batches_done: int) -> None:
+        """Save everything needed to continue from here, exactly."""
+        progress.batches_done = batches_done
+        state = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "config": OmegaConf.to_container(cfg, resolve=True), "rng": rng_state(),
+            **asdict(progress), "seconds": progress.seconds + time.perf_counter() - session_start,
+        }
+        save_checkpoint(checkpoint_path, state, model)
 
-        beta = kl_weight(step, cfg.model.beta, cfg.model.kl_warmup_steps)
-        val = evaluate(model, val_batches, beta=beta, amp_dtype=amp_dtype)
-        tracker.scalars("val", val, step)
-        if epoch % cfg.train.image_every_epochs == 0 or epoch == cfg.train.epochs:
-            _log_images(tracker, model, x_fixed, y_fixed_val, z_fixed, y_fixed, step)
-        save_checkpoint(run_dir / "checkpoints" / "last.pt", model, optimizer, scaler, cfg, step=step, epoch=epoch)
-        log.info(
-            "epoch %d/%d  step %d  train/loss %.2f  val/loss %.2f (recon %.2f, kl %.2f)  %s img/s",
-            epoch, cfg.train.epochs, step, terms["loss"].item(), val["loss"], val["recon"], val["kl"],
-            f"{epoch_images / seconds:,.0f}",
-        )
-        if max_steps is not None and step >= max_steps:
-            break
-    tracker.close()
+    t = cfg.train
+    beta_at = partial(kl_weight, beta=cfg.model.beta, warmup_steps=cfg.model.kl_warmup_steps)
 
+    def finished() -> bool:
+        return progress.epoch > t.epochs or (t.max_steps is not None and progress.step >= t.max_steps)
+
+    consecutive_skips = 0
+    try:
+        with StopSignals() as stop:
+            while not finished():
+                model.train()
+                t_epoch, epoch_images, start_batch = time.perf_counter(), 0, progress.batches_done
+                for i, (x, y) in enumerate(train_batches.epoch(progress.epoch, start_batch=start_batch)):
+                    beta = beta_at(progress.step)
+                    terms = train_step(model, optimizer, scaler, x, y, beta=beta, amp_dtype=amp_dtype, grad_clip=t.grad_clip)
+                    progress.step += 1
+                    epoch_images += x.shape[0]
+                    if terms is None:
+                        progress.skipped_steps += 1
+                        consecutive_skips += 1
+                        tracker.scalars("train", {"skipped_steps": progress.skipped_steps}, progress.step)
+                        if consecutive_skips >= t.max_skipped_steps:
+                            raise TrainingDiverged(_divergence_message(progress, consecutive_skips))
+                    else:
+                        consecutive_skips = 0
+                        progress.last_finite_loss, progress.last_finite_step = terms["loss"].item(), progress.step
+                        if progress.step % t.log_every_steps == 0 or progress.step == 1:
+                            logged = {k: terms[k] for k in ("loss", "recon", "kl", "grad_norm")}
+                            tracker.scalars("train", {**logged, "beta": beta}, progress.step)
+                    if stop.signum is not None:
+                        checkpoint(start_batch + i + 1)
+                        raise Interrupted(stop.signum, _interrupt_message(stop.signum, progress.step, checkpoint_path, run_dir))
+                    if t.checkpoint_every_steps and progress.step % t.checkpoint_every_steps == 0:
+                        checkpoint(start_batch + i + 1)
+                    if t.max_steps is not None and progress.step >= t.max_steps:
+                        break
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds = time.perf_counter() - t_epoch
+                progress.step_seconds += seconds
+                progress.images_seen += epoch_images
+                if epoch_images:
+                    tracker.scalars("train", {"images_per_s": epoch_images / seconds}, progress.step)
+
+                val = evaluate(model, val_batches, beta=beta_at(progress.step), amp_dtype=amp_dtype, seed=cfg.seed)
+                tracker.scalars("val", val, progress.step)
+                if progress.epoch % t.image_every_epochs == 0 or progress.epoch == t.epochs:
+                    _log_images(tracker, model, x_fixed, y_fixed_val, z_fixed, y_fixed, progress.step)
+                log.info(
+                    "epoch %d/%d  step %d  train/loss %.2f  val/loss %.2f (recon %.2f, kl %.2f)  %s img/s",
+                    progress.epoch, t.epochs, progress.step, progress.last_finite_loss, val["loss"], val["recon"],
+                    val["kl"], f"{epoch_images / max(seconds, 1e-9):,.0f}",
+                )
+                batches_done = start_batch + i + 1 if epoch_images else start_batch
+                if batches_done >= len(train_batches):  # the epoch is complete (not cut short by max_steps)
+                    progress.epoch, batches_done = progress.epoch + 1, 0
+                checkpoint(batches_done)
+                if stop.signum is not None:
+                    raise Interrupted(stop.signum, _interrupt_message(stop.signum, progress.step, checkpoint_path, run_dir))
+    finally:
+        tracker.close()
+
+    val = evaluate(model, val_batches, beta=beta_at(progress.step), amp_dtype=amp_dtype, seed=cfg.seed)
     metrics = {f"val/{k}": v for k, v in val.items()}
     metrics.update(
         {
-            "train/seconds": time.perf_counter() - t_start,
-            "train/images_per_s": images_seen / step_seconds,
-            "train/steps": step,
-            "train/epochs": epoch,
+            "train/seconds": progress.seconds + time.perf_counter() - session_start,
+            "train/images_per_s": progress.images_seen / max(progress.step_seconds, 1e-9),
+            "train/steps": progress.step,
+            "train/epochs": min(progress.epoch, t.epochs),
+            "train/skipped_steps": progress.skipped_steps,
         }
     )
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _interrupt_message(signum: int, step: int, checkpoint_path: Path, run_dir: Path) -> str:
+    return (
+        f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved to {checkpoint_path}. "
+        f"Resume with: vae-run resume={run_dir}"
+    )
+
+
+def _divergence_message(progress: Progress, skips: int) -> str:
+    return (
+        f"training diverged: {skips} steps in a row up to step {progress.step} had a non-finite loss or gradient "
+        f"(the last finite loss was {progress.last_finite_loss:.4g} at step {progress.last_finite_step}); "
+        f"try a lower optim.lr, precision=fp32, or gradient clipping with train.grad_clip=1.0."
+    )
 
 
 def train_step(
@@ -180,22 +314,47 @@ def train_step(
     *,
     beta: float,
     amp_dtype: Optional[torch.dtype] = None,
-) -> dict[str, torch.Tensor]:
-    """One optimizer step on a batch: forward under autocast, the objective in fp32, scaled backward."""
-    device_type = x.device.type
-    with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    grad_clip: Optional[float] = None,
+) -> Optional[dict[str, torch.Tensor]]:
+    """One optimizer step: forward under autocast, the objective in fp32, scaled backward, optional clipping.
+
+    Returns the objective's terms and the gradient norm, or None when the loss or
+    the gradient was not finite: then the parameters are left untouched.
+    """
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         out = model(x, y if model.num_classes else None)
     terms = elbo_terms(x, out, beta=beta, likelihood=model.likelihood)  # fp32, outside autocast
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(terms["loss"]).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return {name: value.detach() for name, value in terms.items()}
+    scaler.unscale_(optimizer)  # true gradients for the norm and the clipping (a no-op without fp16)
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    if grad_clip:
+        torch.nn.utils.clip_grads_with_norm_(model.parameters(), grad_clip, grad_norm)
+    finite = bool(torch.isfinite(terms["loss"]) & torch.isfinite(grad_norm))  # one device sync per step
+    if finite:
+        scaler.step(optimizer)
+    scaler.update()  # with fp16, a non-finite gradient lowers the loss scale
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    return {**{name: value.detach() for name, value in terms.items()}, "grad_norm": grad_norm.detach()}
+
+
+def evaluate(
+    model: VAE, batches: TensorBatches | StreamingBatches, *, beta: float, amp_dtype: Optional[torch.dtype] = None, seed: int = 0
+) -> dict[str, float]:
+    """Mean of each objective term over a whole split, in nats per image.
+
+    The posterior samples come from their own seeded random state, so every
+    evaluation sees the same noise and training's random stream is untouched.
+    """
+    with torch.random.fork_rng(devices=[batches.device] if batches.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _evaluate(model, batches, beta=beta, amp_dtype=amp_dtype)
 
 
 @torch.no_grad()
-def evaluate(model: VAE, batches: TensorBatches | StreamingBatches, *, beta: float, amp_dtype: Optional[torch.dtype] = None) -> dict[str, float]:
-    """Mean of each objective term over a whole split, in nats per image."""
+def _evaluate(model: VAE, batches: TensorBatches | StreamingBatches, *, beta: float, amp_dtype: Optional[torch.dtype]) -> dict[str, float]:
     model.eval()
     device_type = next(model.parameters()).device.type
     sums: dict[str, torch.Tensor] = {}
@@ -259,32 +418,3 @@ def _shown_hparams(hparams: dict[str, Any]) -> list[str]:
         if key not in shown:
             shown.append(key)
     return shown
-
-
-def save_checkpoint(path: Path, model: VAE, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, cfg: DictConfig, *, step: int, epoch: int) -> None:
-    """One dict holding model, optimizer, scaler, progress and the resolved config, written atomically."""
-    checkpoint = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "step": step,
-        "epoch": epoch,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    atomic_write(path, lambda f: torch.save(checkpoint, f))
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically."""
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file, fsync, then rename: a kill leaves the old file or the new, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
