@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -149,6 +150,13 @@ def validate(cfg: DictConfig) -> None:
     _positive("train.batch_size", t.batch_size)
     _positive("train.epochs", t.epochs)
     _positive("train.log_every_steps", t.log_every_steps)
+    _positive("train.image_every_epochs", t.image_every_epochs)
+    for key, value in (("model.beta", m.beta), ("optim.weight_decay", o.weight_decay), ("dataset.val_fraction", d.val_fraction)):
+        if not math.isfinite(value):
+            raise UserError(f"{key}={value} is not a finite number; pass a finite value.")
+    for key, value in (("dataset.num_workers", d.num_workers), ("dataset.max_memory_mb", d.max_memory_mb), ("optim.weight_decay", o.weight_decay)):
+        if value < 0:
+            raise UserError(f"{key}={value} is negative; use 0 or more.")
     _positive("optim.lr", o.lr)
     for i, width in enumerate(m.hidden_dims):
         _positive(f"model.hidden_dims[{i}]", width)
@@ -184,5 +192,5 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def _positive(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UserError(f"{key}={value!r} must be a positive number.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise UserError(f"{key}={value!r} must be a positive, finite number.")

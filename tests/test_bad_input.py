@@ -1,0 +1,102 @@
+"""Bad input through the real `vae-run`: one sentence naming the key, value or path, exit 2, no traceback, no run left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import compose_config, vae_run
+from vae_runner.cli import describe_config_error
+from vae_runner.config import validate
+from vae_runner.errors import UserError
+from vae_runner.train import train
+
+# (overrides, text the one-line message must contain)
+CASES = [
+    (["model=foo"], "model=foo is not a choice for model; use one of: beta_vae, cvae, vae"),
+    (["dataset=svhn"], "dataset=svhn is not a choice for dataset"),
+    (["model.betta=2"], "Key 'betta' not in 'ModelConfig'"),
+    (["model.latent_dim=0"], "model.latent_dim=0 must be a positive"),
+    (["model.latent_dim=2.5"], "model.latent_dim=2.5"),
+    (["model.beta=-1"], "model.beta=-1.0 is negative"),
+    (["model.beta=inf"], "model.beta=inf is not a finite number"),
+    (["train.batch_size=0"], "train.batch_size=0 must be a positive"),
+    (["train.batch_size=4096", "dataset.train_samples=500"], "train.batch_size=4096 is larger than the training set (500 images)"),
+    (["optim.lr=0"], "optim.lr=0.0 must be a positive"),
+    (["optim.lr=-1e-3"], "optim.lr=-0.001 must be a positive"),
+    (["train.epochs=0"], "train.epochs=0 must be a positive"),
+    (["precision=fp16", "device=cpu"], "precision=fp16 is not supported on the CPU"),
+    (["precision=fp8"], "precision='fp8' is not one of auto, fp32, bf16, fp16"),
+    (["dataset.image_size=0"], "dataset.image_size=0 must be a positive"),
+    (["dataset.image_size=big"], "dataset.image_size=big"),
+    (["model.arch=resnet"], "model.arch='resnet' is not one of auto, mlp, conv"),
+    (["dataset=image_folder"], "dataset=image_folder needs dataset.path"),
+    (["dataset=image_folder", "dataset.path=/no/such/folder"], "dataset.path=/no/such/folder is not a folder"),
+    (["hydra.run.dir=/etc/hostname/run"], "cannot create the output folder /etc/hostname/run: /etc/hostname is a file"),
+    (["resume=/tmp"], "resume=/tmp is not a vae-run run directory"),
+]
+if not torch.cuda.is_available():
+    CASES.append((["device=cuda"], "device=cuda was asked for but no CUDA GPU is available; use device=auto"))
+
+
+def _check_one_line_exit_2(proc, expected: str, cwd: Path) -> None:  # type: ignore[no-untyped-def]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    runs = cwd / "outputs" / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())  # no half-written run
+
+
+@pytest.mark.parametrize(("overrides", "expected"), CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_value_is_one_sentence_and_exit_2(mnist_root: Path, tmp_path: Path, overrides: list[str], expected: str) -> None:
+    proc = vae_run(f"dataset.root={mnist_root}", *overrides, cwd=tmp_path)
+    _check_one_line_exit_2(proc, expected, tmp_path)
+
+
+def test_image_folder_problems(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "notes.txt").write_text("not an image")
+    for folder in ("empty", "texts"):
+        proc = vae_run("dataset=image_folder", f"dataset.path={tmp_path / folder}", cwd=tmp_path)
+        _check_one_line_exit_2(proc, f"dataset.path={tmp_path / folder} holds 0 image(s)", tmp_path)
+
+
+NUMERIC_KEYS = {
+    "model.latent_dim": st.integers(-3, 64),
+    "model.beta": st.one_of(st.floats(-2, 10), st.sampled_from([float("nan"), float("inf")])),
+    "model.kl_warmup_steps": st.integers(-5, 50),
+    "train.batch_size": st.integers(-2, 600),
+    "train.max_steps": st.integers(-1, 3),
+    "optim.lr": st.floats(-1e-2, 1e-2),
+    "dataset.image_size": st.integers(-1, 40),
+    "train.grad_clip": st.floats(-1, 5),
+}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.fixed_dictionaries({}, optional=NUMERIC_KEYS))
+def test_random_numeric_values_either_train_or_give_one_sentence(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory, values: dict) -> None:
+    overrides = [f"{k}={v}" for k, v in values.items()]
+    base = [f"dataset.root={mnist_root}", "dataset.train_samples=256", "dataset.val_samples=64", "train.epochs=1"]
+    if "train.max_steps" not in values:
+        base.append("train.max_steps=2")
+    try:
+        cfg = compose_config(base + overrides)
+    except Exception as err:  # the CLI turns these into one sentence and exit 2
+        message = describe_config_error(err)
+        assert "\n" not in message and message.endswith(".")
+        return
+    try:
+        validate(cfg)
+        metrics = train(cfg, tmp_path_factory.mktemp("fuzz"))
+    except UserError as err:
+        assert "\n" not in str(err) and "=" in str(err)
+        return
+    assert metrics["train/steps"] >= 1
