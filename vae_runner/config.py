@@ -18,6 +18,9 @@ ARCHS = ("auto", "mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+KL_SCHEDULES = ("linear", "cyclical")
+BINARIZE = ("none", "static", "dynamic")
+NOISES = ("none", "gaussian", "salt_pepper")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -34,6 +37,10 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     beta: float = 1.0
     kl_warmup_steps: int = 0  # linear ramp of the KL weight from 0 to beta
+    kl_schedule: str = "linear"  # linear (warm-up, then beta) or cyclical (Fu et al. 2019)
+    kl_cycles: int = 4  # cyclical: number of cycles over the whole run
+    kl_cycle_ratio: float = 0.5  # cyclical: fraction of each cycle spent ramping up
+    free_bits: float = 0.0  # floor on each latent dimension's KL in the loss, nats (Kingma et al. 2016)
 
 
 @dataclass
@@ -50,6 +57,10 @@ class DatasetConfig:
     val_fraction: float = 0.1  # image_folder without train/ and test/ subfolders
     max_memory_mb: int = 4096  # larger image folders stream from disk through a DataLoader
     num_workers: int = 2  # DataLoader workers for decoding image folders
+    binarize: str = "none"  # none, static (sampled once), dynamic (resampled every batch, as in the IWAE paper)
+    holdout_classes: list[int] = field(default_factory=list)  # train without these; they are the anomalies at test time
+    noise: str = "none"  # none, gaussian or salt_pepper: corrupt the inputs, keep clean targets (denoising)
+    noise_level: float = 0.0  # gaussian: standard deviation; salt_pepper: fraction of pixels
 
 
 @dataclass
@@ -80,6 +91,15 @@ class OptimConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The evaluation at the end of a run (and of `vae-eval`)."""
+
+    nll_samples: int = 100  # importance samples K for test/nll (1: the ELBO; papers use 5000)
+    nll_chunk: int = 50  # samples decoded at once (memory)
+    test_samples: Optional[int] = None  # evaluate only the first N test images
+
+
+@dataclass
 class Config:
     """The whole run."""
 
@@ -87,6 +107,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
@@ -146,6 +167,20 @@ def validate(cfg: DictConfig) -> None:
     _choice("model.likelihood", m.likelihood, LIKELIHOODS)
     _choice("dataset.name", d.name, DATASETS)
     _choice("precision", cfg.precision, PRECISIONS)
+    _choice("model.kl_schedule", m.kl_schedule, KL_SCHEDULES)
+    _choice("dataset.binarize", d.binarize, BINARIZE)
+    _choice("dataset.noise", d.noise, NOISES)
+    _positive("model.kl_cycles", m.kl_cycles)
+    _positive("eval.nll_samples", cfg.eval.nll_samples)
+    _positive("eval.nll_chunk", cfg.eval.nll_chunk)
+    if cfg.eval.test_samples is not None:
+        _positive("eval.test_samples", cfg.eval.test_samples)
+    if not 0 < m.kl_cycle_ratio <= 1:
+        raise UserError(f"model.kl_cycle_ratio={m.kl_cycle_ratio} must lie in (0, 1].")
+    if not (math.isfinite(m.free_bits) and m.free_bits >= 0):
+        raise UserError(f"model.free_bits={m.free_bits} must be a finite number >= 0 (nats per latent dimension).")
+    if d.noise != "none" and not (0 < d.noise_level < (1 if d.noise == "salt_pepper" else math.inf)):
+        raise UserError(f"dataset.noise_level={d.noise_level} does not suit dataset.noise={d.noise}; use a level > 0 (a fraction < 1 for salt_pepper).")
     _positive("model.latent_dim", m.latent_dim)
     _positive("train.batch_size", t.batch_size)
     _positive("train.epochs", t.epochs)

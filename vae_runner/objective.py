@@ -19,10 +19,15 @@ if TYPE_CHECKING:
 LOG_2PI = math.log(2 * math.pi)
 
 
-def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per sample, (B,); closed form from Appendix B of Kingma & Welling 2013."""
+def gaussian_kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) of each latent dimension, (B, D); closed form from Appendix B of Kingma & Welling 2013."""
     mu, logvar = mu.float(), logvar.float()
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per sample, (B,)."""
+    return gaussian_kl_per_dim(mu, logvar).sum(dim=1)
 
 
 def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
@@ -60,18 +65,41 @@ def likelihood_mean(x_params: Tensor, likelihood: str) -> Tensor:
     return x_params.float().clamp(0.0, 1.0)
 
 
-def kl_weight(step: int, beta: float, warmup_steps: int = 0) -> float:
-    """The KL weight at an optimizer step: linear from 0 to beta over `warmup_steps` (Bowman et al. 2016), then beta."""
+def kl_weight(
+    step: int,
+    beta: float,
+    warmup_steps: int = 0,
+    schedule: str = "linear",
+    total_steps: int = 1,
+    cycles: int = 4,
+    ratio: float = 0.5,
+) -> float:
+    """The KL weight at an optimizer step.
+
+    linear: from 0 to beta over `warmup_steps` (Bowman et al. 2016), then beta.
+    cyclical: `cycles` cycles over `total_steps`, each ramping from 0 to beta over
+    its first `ratio` and holding beta for the rest (Fu et al. 2019).
+    """
+    if schedule == "cyclical":
+        period = max(total_steps, 1) / cycles
+        position = (step % period) / period
+        return beta * min(1.0, position / ratio)
     if warmup_steps <= 0:
         return beta
     return beta * min(1.0, step / warmup_steps)
 
 
-def elbo_terms(x: Tensor, out: VAEOutput, *, beta: float, likelihood: str) -> dict[str, Tensor]:
+def elbo_terms(x: Tensor, out: VAEOutput, *, beta: float, likelihood: str, free_bits: float = 0.0) -> dict[str, Tensor]:
     """Named terms, each a scalar averaged over the batch: `loss` = recon + beta * kl is what is minimised.
 
-    `elbo` is the unweighted bound (-(recon + kl)), whatever beta is.
+    `elbo` is the unweighted bound (-(recon + kl)), whatever beta is. With
+    `free_bits` > 0 the loss uses max(free_bits, KL of each dimension averaged
+    over the batch) in place of the KL (Kingma et al. 2016, Sec. C.8), so a
+    dimension below the floor gets no pressure towards the prior; `kl` stays
+    the true KL.
     """
     recon = recon_nll(x, out.x_params, likelihood, out.log_scale).mean()
-    kl = gaussian_kl(out.mu, out.logvar).mean()
-    return {"loss": recon + beta * kl, "recon": recon, "kl": kl, "elbo": -(recon + kl)}
+    kl_dims = gaussian_kl_per_dim(out.mu, out.logvar)  # (B, D)
+    kl = kl_dims.sum(dim=1).mean()
+    penalty = kl_dims.mean(dim=0).clamp(min=free_bits).sum() if free_bits > 0 else kl
+    return {"loss": recon + beta * penalty, "recon": recon, "kl": kl, "elbo": -(recon + kl)}

@@ -13,7 +13,11 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from torchvision.utils import make_grid
 
-HPARAM_METRICS = ("val/loss", "val/elbo", "val/recon", "val/kl")
+# Metric columns of the HParams table; a run without one (no held-out class, say) leaves it blank.
+HPARAM_METRICS = (
+    "val/loss", "val/elbo", "val/recon", "val/kl", "val/active_units",
+    "test/nll", "test/elbo", "test/bits_per_dim", "test/anomaly_auroc", "test/psnr_recon",
+)
 
 
 class Tracker:
@@ -27,6 +31,21 @@ class Tracker:
         """Log each value as `split/name` at this step."""
         for name, value in values.items():
             self.writer.add_scalar(f"{split}/{name}", value.item() if isinstance(value, Tensor) else value, step)
+
+    def histogram(self, tag: str, values: Tensor, step: int) -> None:
+        """Log the distribution of a tensor's values."""
+        self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+
+    def layout(self) -> None:
+        """A Custom Scalars page with each run's reconstruction and KL terms side by side on one chart."""
+        self.writer.add_custom_scalars(
+            {
+                "ELBO terms": {
+                    "train: recon and kl": ["Multiline", ["train/recon", "train/kl"]],
+                    "val: recon and kl": ["Multiline", ["val/recon", "val/kl"]],
+                }
+            }
+        )
 
     def image(self, tag: str, grid: Tensor, step: int) -> None:
         """Log one (C, H, W) image in [0, 1]."""

@@ -19,7 +19,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_runner.checkpoint import environment, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state, write_json
 from vae_runner.config import swept_keys
-from vae_runner.data import DatasetInfo, LoadedData, StreamingBatches, TensorBatches, load_dataset, make_batches
+from vae_runner.data import (
+    DatasetInfo,
+    LoadedData,
+    Split,
+    StreamingBatches,
+    TensorBatches,
+    binarize_split,
+    corrupt,
+    load_dataset,
+    make_batches,
+    select_classes,
+    take,
+)
+from vae_runner.diagnostics import Examples, posterior_report, test_report
 from vae_runner.errors import UserError
 from vae_runner.model import VAE
 from vae_runner.objective import elbo_terms, kl_weight, likelihood_mean
@@ -87,13 +100,32 @@ def build_model(model_cfg: DictConfig, info: DatasetInfo) -> VAE:
 
 
 def load_data(cfg: DictConfig) -> LoadedData:
-    """The dataset named by the config."""
+    """The dataset named by the config, binarised and with classes held out as it asks.
+
+    The test split (the final evaluation's) keeps the held-out classes: they are
+    the anomalies. Dynamic binarisation resamples the training pixels in every
+    batch; the validation and test images are binarised once, with the seed.
+    """
     d = cfg.dataset
-    return load_dataset(
+    data = load_dataset(
         d.name, root=d.root, path=d.path, image_size=d.image_size, channels=d.channels,
         train_samples=d.train_samples, val_samples=d.val_samples, val_fraction=d.val_fraction,
         max_memory_mb=d.max_memory_mb, num_workers=d.num_workers, seed=cfg.seed,
     )
+    if (d.binarize != "none" or d.holdout_classes) and not isinstance(data.train, Split):
+        raise UserError("dataset.binarize and dataset.holdout_classes need the images in memory; raise dataset.max_memory_mb.")
+    if d.binarize != "none":
+        data.val = binarize_split(data.val, cfg.seed)
+        if d.binarize == "static":
+            data.train = binarize_split(data.train, cfg.seed + 1)
+    data.test = take(data.val, cfg.eval.test_samples) if isinstance(data.val, Split) else data.val
+    if d.holdout_classes:
+        unknown = sorted(set(d.holdout_classes) - set(range(data.info.num_classes)))
+        if unknown:
+            raise UserError(f"dataset.holdout_classes={list(d.holdout_classes)} names classes {unknown} that {d.name} lacks; use 0..{data.info.num_classes - 1}.")
+        data.train = select_classes(data.train, d.holdout_classes, keep=False)
+        data.val = select_classes(data.val, d.holdout_classes, keep=False)
+    return data
 
 
 def seed_everything(seed: int) -> None:
@@ -110,7 +142,7 @@ class Progress:
     """Where training stands; saved in every checkpoint so a resumed run continues exactly."""
 
     step: int = 0  # optimizer steps taken (skipped non-finite steps included)
-    epoch: int = 1  # the epoch in progress
+    epoch: int = 1  # the epoch in progress, or the next to run once one is complete
     batches_done: int = 0  # batches of `epoch` already trained
     images_seen: int = 0
     step_seconds: float = 0.0  # time inside training steps, all sessions
@@ -172,8 +204,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     model = build_model(cfg.model, data.info).to(device)
     optimizer = instantiate(cfg.optim)(model.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    train_batches = make_batches(data.train, cfg.train.batch_size, device, True, cfg.seed, cfg.dataset.num_workers)
-    val_batches = make_batches(data.val, cfg.train.batch_size, device, False, cfg.seed, cfg.dataset.num_workers)
+    d = cfg.dataset
+    train_batches = make_batches(data.train, cfg.train.batch_size, device, True, cfg.seed, d.num_workers, binarize=d.binarize == "dynamic")
+    val_batches = make_batches(data.val, cfg.train.batch_size, device, False, cfg.seed, d.num_workers)
+    test_batches = make_batches(data.test, cfg.train.batch_size, device, False, cfg.seed, d.num_workers)
 
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
     progress = Progress()
@@ -199,8 +233,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if progress.step == 0:
         hparams = _hparams(cfg, model.arch)
         tracker.hparams(hparams, shown=_shown_hparams(hparams))
+        tracker.layout()
     z_fixed, y_fixed = prior_latents(model.latent_dim, model.num_classes, seed=cfg.seed)
-    x_fixed, y_fixed_val = _first_batch(val_batches, 8)
+    examples = _examples(val_batches, d.noise, d.noise_level, cfg.seed)
     session_start = time.perf_counter()
 
     def checkpoint(batches_done: int) -> None:
@@ -213,8 +248,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         }
         save_checkpoint(checkpoint_path, state, model)
 
-    t = cfg.train
-    beta_at = partial(kl_weight, beta=cfg.model.beta, warmup_steps=cfg.model.kl_warmup_steps)
+    t, m = cfg.train, cfg.model
+    total_steps = t.max_steps or t.epochs * len(train_batches)
+    beta_at = partial(
+        kl_weight, beta=m.beta, warmup_steps=m.kl_warmup_steps, schedule=m.kl_schedule,
+        total_steps=total_steps, cycles=m.kl_cycles, ratio=m.kl_cycle_ratio,
+    )
 
     def finished() -> bool:
         return progress.epoch > t.epochs or (t.max_steps is not None and progress.step >= t.max_steps)
@@ -227,7 +266,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 t_epoch, epoch_images, start_batch = time.perf_counter(), 0, progress.batches_done
                 for i, (x, y) in enumerate(train_batches.epoch(progress.epoch, start_batch=start_batch)):
                     beta = beta_at(progress.step)
-                    terms = train_step(model, optimizer, scaler, x, y, beta=beta, amp_dtype=amp_dtype, grad_clip=t.grad_clip)
+                    x_in = corrupt(x, d.noise, d.noise_level) if d.noise != "none" else x  # denoising: noisy in, clean target
+                    terms = train_step(
+                        model, optimizer, scaler, x_in, y, target=x, beta=beta, free_bits=m.free_bits,
+                        amp_dtype=amp_dtype, grad_clip=t.grad_clip,
+                    )
                     progress.step += 1
                     epoch_images += x.shape[0]
                     if terms is None:
@@ -259,8 +302,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
                 val = evaluate(model, val_batches, beta=beta_at(progress.step), amp_dtype=amp_dtype, seed=cfg.seed)
                 tracker.scalars("val", val, progress.step)
-                if progress.epoch % t.image_every_epochs == 0 or progress.epoch == t.epochs:
-                    _log_images(tracker, model, x_fixed, y_fixed_val, z_fixed, y_fixed, progress.step)
+                pictures = progress.epoch % t.image_every_epochs == 0 or progress.epoch == t.epochs
+                if pictures:
+                    _log_images(tracker, model, examples, z_fixed, y_fixed, progress.step)
+                posterior_report(model, val_batches, tracker, progress.step, examples, pictures)
                 log.info(
                     "epoch %d/%d  step %d  train/loss %.2f  val/loss %.2f (recon %.2f, kl %.2f)  %s img/s",
                     progress.epoch, t.epochs, progress.step, progress.last_finite_loss, val["loss"], val["recon"],
@@ -272,11 +317,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 checkpoint(batches_done)
                 if stop.signum is not None:
                     raise Interrupted(stop.signum, _interrupt_message(stop.signum, progress.step, checkpoint_path, run_dir))
+        metrics = final_metrics(model, val_batches, test_batches, tracker, cfg, progress.step, beta_at(progress.step), amp_dtype)
     finally:
         tracker.close()
-
-    val = evaluate(model, val_batches, beta=beta_at(progress.step), amp_dtype=amp_dtype, seed=cfg.seed)
-    metrics = {f"val/{k}": v for k, v in val.items()}
     metrics.update(
         {
             "train/seconds": progress.seconds + time.perf_counter() - session_start,
@@ -287,6 +330,32 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         }
     )
     write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def final_metrics(
+    model: VAE,
+    val_batches: TensorBatches | StreamingBatches,
+    test_batches: TensorBatches | StreamingBatches,
+    tracker: Tracker,
+    cfg: DictConfig,
+    step: int,
+    beta: float,
+    amp_dtype: Optional[torch.dtype] = None,
+) -> dict[str, float]:
+    """Validation terms and posterior statistics, then the test report (NLL, anomaly AUROC, denoising PSNR)."""
+    val = evaluate(model, val_batches, beta=beta, amp_dtype=amp_dtype, seed=cfg.seed)
+    d = cfg.dataset
+    examples = _examples(val_batches, d.noise, d.noise_level, cfg.seed)
+    val.update(posterior_report(model, val_batches, tracker, step, examples, pictures=False))
+    metrics = {f"val/{k}": v for k, v in val.items()}
+    if isinstance(test_batches, TensorBatches):
+        metrics.update(
+            test_report(
+                model, test_batches, tracker, step, nll_samples=cfg.eval.nll_samples, nll_chunk=cfg.eval.nll_chunk,
+                holdout_classes=list(d.holdout_classes), noise=d.noise, noise_level=d.noise_level, seed=cfg.seed,
+            )
+        )
     return metrics
 
 
@@ -313,17 +382,22 @@ def train_step(
     y: Optional[torch.Tensor],
     *,
     beta: float,
+    target: Optional[torch.Tensor] = None,
+    free_bits: float = 0.0,
     amp_dtype: Optional[torch.dtype] = None,
     grad_clip: Optional[float] = None,
 ) -> Optional[dict[str, torch.Tensor]]:
     """One optimizer step: forward under autocast, the objective in fp32, scaled backward, optional clipping.
 
-    Returns the objective's terms and the gradient norm, or None when the loss or
-    the gradient was not finite: then the parameters are left untouched.
+    `target` is what the decoder must reproduce (the clean image when x is
+    noisy); it defaults to x. Returns the objective's terms and the gradient
+    norm, or None when the loss or the gradient was not finite: then the
+    parameters are left untouched.
     """
     with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         out = model(x, y if model.num_classes else None)
-    terms = elbo_terms(x, out, beta=beta, likelihood=model.likelihood)  # fp32, outside autocast
+    # fp32, outside autocast
+    terms = elbo_terms(x if target is None else target, out, beta=beta, likelihood=model.likelihood, free_bits=free_bits)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(terms["loss"]).backward()
     scaler.unscale_(optimizer)  # true gradients for the norm and the clipping (a no-op without fp16)
@@ -370,22 +444,30 @@ def _evaluate(model: VAE, batches: TensorBatches | StreamingBatches, *, beta: fl
     return {name: (total / n).item() for name, total in sums.items()}
 
 
-def _log_images(tracker: Tracker, model: VAE, x: torch.Tensor, y: Optional[torch.Tensor], z: torch.Tensor, z_labels: Optional[torch.Tensor], step: int) -> None:
+def _log_images(tracker: Tracker, model: VAE, examples: Examples, z: torch.Tensor, z_labels: Optional[torch.Tensor], step: int) -> None:
     """Input-vs-reconstruction grid of fixed test images, and samples from the prior (fixed z)."""
     model.eval()
     device = next(model.parameters()).device
+    y = examples.labels(model)
     with torch.no_grad():
-        mu, _ = model.encode(x, y if model.num_classes else None)
-        recon = likelihood_mean(model.decode(mu, y if model.num_classes else None), model.likelihood)
+        mu, _ = model.encode(examples.x, y)
+        recon = likelihood_mean(model.decode(mu, y), model.likelihood)
         samples = model.sample(z.to(device), None if z_labels is None else z_labels.to(device))
     model.train()
-    tracker.image("val/reconstructions", reconstruction_grid(x, recon), step)
+    tracker.image("val/reconstructions", reconstruction_grid(examples.x, recon), step)
     tracker.image("samples/prior", samples_grid(samples), step)
 
 
-def _first_batch(batches: TensorBatches | StreamingBatches, n: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def _examples(batches: TensorBatches | StreamingBatches, noise: str, level: float, seed: int, n: int = 8) -> Examples:
+    """The first n validation images, with a fixed corruption when denoising."""
     x, y = next(iter(batches.epoch(0)))
-    return x[:n], None if y is None else y[:n]
+    x, y = x[:n], None if y is None else y[:n]
+    noisy = None
+    if noise != "none":
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            noisy = corrupt(x, noise, level)
+    return Examples(x, y, noisy)
 
 
 # The HParams columns shown by default after the swept keys (the issue's "model, dataset, beta, latent size, lr").

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vae_runner.data.datasets import Split, collate_images
+from vae_runner.errors import UserError
 
 Batch = tuple[Tensor, Optional[Tensor]]  # images (B, C, H, W) float in [0, 1], labels (B,) or None
 
@@ -25,10 +26,11 @@ class TensorBatches:
     this path comes from that (as in KellerJordan's airbench).
     """
 
-    def __init__(self, split: Split, batch_size: int, device: torch.device, shuffle: bool, seed: int = 0):
+    def __init__(self, split: Split, batch_size: int, device: torch.device, shuffle: bool, seed: int = 0, binarize: bool = False):
         self.images = split.images.to(device)
         self.labels = None if split.labels is None else split.labels.to(device)
         self.batch_size, self.shuffle, self.seed, self.device = batch_size, shuffle, seed, device
+        self.binarize = binarize  # dynamic binarisation: fresh Bernoulli pixels every batch (Burda et al. 2015)
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
@@ -51,7 +53,8 @@ class TensorBatches:
             else:
                 images = self.images[start : start + self.batch_size]
                 labels = None if self.labels is None else self.labels[start : start + self.batch_size]
-            yield to_unit_float(images), labels
+            x = to_unit_float(images)
+            yield (torch.bernoulli(x) if self.binarize else x), labels
 
 
 class StreamingBatches:
@@ -93,9 +96,28 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
 
 
 def make_batches(
-    data: Split | Dataset, batch_size: int, device: torch.device, shuffle: bool, seed: int = 0, num_workers: int = 2
+    data: Split | Dataset,
+    batch_size: int,
+    device: torch.device,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 2,
+    binarize: bool = False,
 ) -> TensorBatches | StreamingBatches:
     """In-memory splits become device tensors; Datasets stream through a DataLoader."""
     if isinstance(data, Split):
-        return TensorBatches(data, batch_size, device, shuffle, seed)
+        return TensorBatches(data, batch_size, device, shuffle, seed, binarize)
+    if binarize:
+        raise UserError("dataset.binarize=dynamic needs the dataset in memory; raise dataset.max_memory_mb.")
     return StreamingBatches(data, batch_size, device, shuffle, seed, num_workers)
+
+
+def corrupt(x: Tensor, noise: str, level: float) -> Tensor:
+    """Noisy inputs for denoising: additive Gaussian (std `level`) or salt-and-pepper (a `level` fraction of pixels), in [0, 1]."""
+    if noise == "gaussian":
+        return (x + level * torch.randn_like(x)).clamp_(0.0, 1.0)
+    if noise == "salt_pepper":
+        hit = torch.rand_like(x[:, :1]) < level  # (B, 1, H, W): a pixel is hit in all its channels
+        salt = (torch.rand_like(x[:, :1]) < 0.5).to(x.dtype)
+        return torch.where(hit, salt, x)
+    return x

@@ -47,6 +47,7 @@ class LoadedData:
     info: DatasetInfo
     train: Split | Dataset
     val: Split | Dataset
+    test: Optional[Split | Dataset] = None  # the final evaluation's split; None: the same as val
 
 
 def load_dataset(
@@ -85,14 +86,31 @@ def load_dataset(
     else:
         raise UserError(f"dataset.name={name!r} is unknown; use mnist, fashion_mnist, cifar10 or image_folder.")
 
-    train, val = _take(train, train_samples), _take(val, val_samples)
+    train, val = take(train, train_samples), take(val, val_samples)
     if image_size is not None and image_size != train.images.shape[-1]:
         train, val = _resize(train, image_size), _resize(val, image_size)
     info = DatasetInfo(name, train.images.shape[1], train.images.shape[-1], len(classes), classes)
     return LoadedData(info, train, val)
 
 
-def _take(split: Split, n: Optional[int]) -> Split:
+def binarize_split(split: Split, seed: int) -> Split:
+    """Static binarisation: each pixel becomes 0 or 255 with probability intensity/255, sampled once with this seed."""
+    g = torch.Generator().manual_seed(seed)
+    on = torch.rand(split.images.shape, generator=g) * 255 < split.images.float()
+    return Split(on.to(torch.uint8) * 255, split.labels)
+
+
+def select_classes(split: Split, classes: Sequence[int], keep: bool) -> Split:
+    """The images whose label is (keep=True) or is not (keep=False) among `classes`."""
+    if split.labels is None:
+        raise UserError("dataset.holdout_classes needs a labelled dataset; this one has no labels.")
+    inside = torch.isin(split.labels, torch.tensor(list(classes), dtype=split.labels.dtype))
+    mask = inside if keep else ~inside
+    return Split(split.images[mask], split.labels[mask])
+
+
+def take(split: Split, n: Optional[int]) -> Split:
+    """The first n images (all when n is None)."""
     if n is None or n >= len(split):
         return split
     return Split(split.images[:n], None if split.labels is None else split.labels[:n])

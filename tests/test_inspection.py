@@ -1,0 +1,129 @@
+"""Seeing inside a run: likelihood, collapse, latent pictures, anomaly detection and denoising, in TensorBoard and metrics.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import read_images, read_scalars, vae_run
+from vae_runner.data import Split, TensorBatches, binarize_split, corrupt, select_classes
+from vae_runner.model import VAEOutput
+from vae_runner.objective import elbo_terms, kl_weight
+
+SMALL = ["dataset.train_samples=3000", "dataset.val_samples=1000", "train.epochs=2", "eval.nll_samples=20"]
+
+
+def _run_dir(cwd: Path) -> Path:
+    (run_dir,) = (cwd / "outputs" / "runs").iterdir()
+    return run_dir
+
+
+def _histogram_tags(event_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(event_dir), size_guidance={"histograms": 0})
+    acc.Reload()
+    return set(acc.Tags()["histograms"])
+
+
+@pytest.fixture(scope="module")
+def latent2_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-d latent VAE on dynamically binarised MNIST without the digit 0."""
+    cwd = tmp_path_factory.mktemp("latent2")
+    proc = vae_run(f"dataset.root={mnist_root}", *SMALL, "model.latent_dim=2", "dataset.binarize=dynamic", "dataset.holdout_classes=[0]", cwd=cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return _run_dir(cwd)
+
+
+def test_likelihood_metrics_are_recorded(latent2_run: Path) -> None:
+    metrics = json.loads((latent2_run / "metrics.json").read_text())
+    # IWAE with K=20 is a tighter bound than the ELBO: the NLL estimate lies below -ELBO, by a few nats
+    assert 0 < -metrics["test/elbo"] - metrics["test/nll"] < 20
+    assert metrics["test/bits_per_dim"] == pytest.approx(metrics["test/nll"] / (784 * math.log(2)), rel=1e-9)
+    assert 1 <= metrics["val/active_units"] <= 2
+
+
+def test_holding_out_a_digit_gives_an_auroc_well_above_chance(latent2_run: Path) -> None:
+    metrics = json.loads((latent2_run / "metrics.json").read_text())
+    assert metrics["test/anomaly_auroc"] > 0.7
+    assert {"test/anomaly_score/normal", "test/anomaly_score/held_out"} <= _histogram_tags(latent2_run / "tensorboard")
+
+
+def test_collapse_is_visible_per_dimension(latent2_run: Path) -> None:
+    scalars = read_scalars(latent2_run / "tensorboard")
+    assert {"val/kl_per_dim/00", "val/kl_per_dim/01", "val/active_units", "test/nll", "test/anomaly_auroc"} <= scalars.keys()
+    kl_sum = scalars["val/kl_per_dim/00"][-1][1] + scalars["val/kl_per_dim/01"][-1][1]
+    assert kl_sum == pytest.approx(scalars["val/kl"][-1][1], rel=1e-4)
+    assert {"val/kl_per_dim", "val/posterior_mean", "val/posterior_std"} <= _histogram_tags(latent2_run / "tensorboard")
+
+
+def test_latent_pictures_have_the_right_shapes(latent2_run: Path) -> None:
+    images = read_images(latent2_run / "tensorboard")
+    assert images["latent/manifold"][-1][1:] == (20 * 28, 20 * 28)
+    assert images["latent/scatter"][-1][1:] == (512, 512)
+    assert images["latent/traversal"][-1][1:] == (2 * 30 + 2, 11 * 30 + 2)  # both dims, 11 steps from -3 to 3
+    assert images["latent/interpolation"][-1][1:] == (4 * 30 + 2, 10 * 30 + 2)  # 4 pairs, 10 steps
+    assert len(images["latent/manifold"]) == 2  # every epoch
+
+
+def test_custom_scalars_put_recon_and_kl_side_by_side(latent2_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    acc = EventAccumulator(str(latent2_run / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    (event,) = acc.Tensors("custom_scalars__config__")  # the layout proto travels as the tensor's string value
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts["val: recon and kl"] == ["val/recon", "val/kl"]
+
+
+def test_denoising_reports_psnr_above_the_noisy_input(mnist_root: Path, tmp_path: Path) -> None:
+    proc = vae_run(f"dataset.root={mnist_root}", *SMALL, "model=cvae", "dataset.noise=gaussian", "dataset.noise_level=0.4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = _run_dir(tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test/psnr_recon"] > metrics["test/psnr_noisy"] + 0.5  # dB, after 2 short epochs
+    images = read_images(run_dir / "tensorboard")
+    assert images["test/denoising"][-1][1] == 3 * 30 + 2  # noisy, reconstructed, clean
+    assert images["val/denoising"][-1][1] == 3 * 30 + 2
+    assert "latent/manifold" not in images  # latent_dim 20
+
+
+def test_free_bits_floor_each_dimension_in_the_loss_only() -> None:
+    mu, logvar = torch.zeros(4, 3), torch.zeros(4, 3)
+    mu[:, 0] = 2.0  # dimension 0 has KL 2 nats; 1 and 2 have 0
+    out = VAEOutput(torch.zeros(4, 1, 2, 2), mu, logvar, mu)
+    x = torch.full((4, 1, 2, 2), 0.5)
+    plain = elbo_terms(x, out, beta=1.0, likelihood="bernoulli")
+    floored = elbo_terms(x, out, beta=1.0, likelihood="bernoulli", free_bits=0.5)
+    assert plain["kl"].item() == floored["kl"].item() == pytest.approx(2.0)
+    assert floored["loss"].item() - plain["loss"].item() == pytest.approx(1.0)  # two dims raised to 0.5 nats
+
+
+def test_cyclical_schedule_ramps_within_each_cycle() -> None:
+    weights = [kl_weight(s, beta=2.0, schedule="cyclical", total_steps=400, cycles=4, ratio=0.5) for s in (0, 25, 50, 99, 100, 125)]
+    assert weights == [0.0, 1.0, 2.0, 2.0, 0.0, 1.0]
+
+
+def test_static_binarisation_keeps_the_mean_and_dynamic_resamples() -> None:
+    images = torch.full((200, 1, 10, 10), 64, dtype=torch.uint8)
+    static = binarize_split(Split(images, None), seed=0)
+    assert set(static.images.unique().tolist()) == {0, 255}
+    assert static.images.float().mean().item() / 255 == pytest.approx(64 / 255, abs=0.01)
+    batches = TensorBatches(Split(images, None), 200, torch.device("cpu"), shuffle=False, binarize=True)
+    (a, _), (b, _) = next(iter(batches.epoch(0))), next(iter(batches.epoch(0)))
+    assert set(a.unique().tolist()) == {0.0, 1.0} and not torch.equal(a, b)
+
+
+def test_select_classes_and_corruption() -> None:
+    split = Split(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10))
+    assert select_classes(split, [0, 3], keep=False).labels.tolist() == [1, 2, 4, 5, 6, 7, 8, 9]
+    x = torch.full((2000, 1, 8, 8), 0.5)
+    assert (corrupt(x, "gaussian", 0.1) - x).std().item() == pytest.approx(0.1, rel=0.05)
+    hit = (corrupt(x, "salt_pepper", 0.2) != 0.5).float().mean().item()
+    assert hit == pytest.approx(0.2, abs=0.01)

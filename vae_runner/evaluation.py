@@ -1,0 +1,244 @@
+"""Evaluation of a trained VAE: importance-sampled log-likelihood, bits/dim, posterior statistics, AUROC, PSNR.
+
+The core functions are pure functions of tensors and know nothing of the VAE
+class; the `model_*`, `collect_*`, `per_image_*` and `evaluate_*` helpers run a
+`VAE` over a batches object (anything with `.epoch(0)` yielding `(x, y)`).
+All log-densities are in nats per image (summed over pixels / latent dims) and
+computed in fp32 whatever the autocast state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Protocol, Union
+
+import torch
+from torch import Tensor
+
+from vae_runner.objective import LOG_2PI, gaussian_kl, recon_nll
+
+if TYPE_CHECKING:
+    from vae_runner.model import VAE
+
+log = logging.getLogger(__name__)
+
+LN2 = math.log(2.0)
+
+
+class Batches(Protocol):
+    """What the helpers need from `TensorBatches` / `StreamingBatches`."""
+
+    def epoch(self, epoch: int) -> Iterable[tuple[Tensor, Optional[Tensor]]]: ...
+
+
+# --------------------------------------------------------------------------- importance sampling
+
+
+def importance_log_likelihood(
+    mu: Tensor,
+    logvar: Tensor,
+    log_px_given_z: Callable[[Tensor], Tensor],
+    k: int,
+    chunk: int = 64,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """IWAE estimate of log p(x) per sample, (B,), with K draws from the diagonal Gaussian q(z|x) = N(mu, exp(logvar)).
+
+    log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x) (the IWAE bound of Burda et al. 2015),
+    with the standard-normal prior p(z) = N(0, I). K = 1 is a single-sample ELBO; the
+    estimate is a lower bound in expectation that tightens monotonically in K.
+
+    `log_px_given_z` maps z of shape (S, B, D) (S samples for each of the B inputs) to
+    log p(x|z) of shape (S, B). The K samples are drawn `chunk` at a time and merged with
+    a running logsumexp, so memory grows with `chunk`, not with K (K = 5000 is fine).
+    """
+    if k < 1 or chunk < 1:
+        raise ValueError(f"k and chunk must be >= 1, got k={k}, chunk={chunk}")
+    mu, logvar = mu.float(), logvar.float()
+    std = torch.exp(0.5 * logvar)
+    acc = torch.full(mu.shape[:1], -math.inf, device=mu.device)  # (B,) log sum_k w_k so far
+    for start in range(0, k, chunk):
+        s = min(chunk, k - start)
+        eps = torch.randn((s, *mu.shape), generator=generator, device=mu.device)  # (S, B, D)
+        z = mu + std * eps
+        # log q from eps rather than from (z - mu) / std: exact even when std is tiny.
+        log_q = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(dim=-1)  # (S, B)
+        log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(dim=-1)  # (S, B)
+        log_w = log_px_given_z(z).float() + log_prior - log_q  # (S, B)
+        acc = torch.logaddexp(acc, torch.logsumexp(log_w, dim=0))
+    return acc - math.log(k)
+
+
+@contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode, no gradients and no autocast (fp32) for the duration; the training flag is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        device_type = next(model.parameters()).device.type
+        with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _decoder_log_likelihood(model: VAE, x: Tensor, y: Optional[Tensor]) -> Callable[[Tensor], Tensor]:
+    """log p(x|z) as a function of z (S, B, D) -> (S, B) for this model and these images."""
+
+    def log_px_given_z(z: Tensor) -> Tensor:
+        s, b, d = z.shape
+        x_rep = x.expand(s, *x.shape).reshape(s * b, *x.shape[1:])  # (S*B, C, H, W)
+        y_rep = None if y is None else y.expand(s, b).reshape(s * b)
+        x_params = model.decode(z.reshape(s * b, d), y_rep)
+        return -recon_nll(x_rep, x_params, model.likelihood, model.log_scale).view(s, b)
+
+    return log_px_given_z
+
+
+def model_log_likelihood(
+    model: VAE,
+    x: Tensor,
+    y: Optional[Tensor] = None,
+    k: int = 100,
+    chunk: int = 64,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """IWAE estimate of log p(x) in nats for each image of a batch, (B,), using the model's encoder as proposal."""
+    with _evaluating(model):
+        mu, logvar = model.encode(x, y)
+        return importance_log_likelihood(mu, logvar, _decoder_log_likelihood(model, x, y), k, chunk, generator)
+
+
+def per_image_bounds(
+    model: VAE,
+    batches: Batches,
+    k: int = 100,
+    chunk: int = 64,
+    generator: Optional[torch.Generator] = None,
+) -> dict[str, Tensor]:
+    """Per-image `log_px` (IWAE, K samples), `elbo`, `recon` and `kl` in nats over one pass of `batches`, each (N,) on the CPU.
+
+    `elbo` = -(recon + kl) with the KL in closed form and the reconstruction term from one
+    z ~ q(z|x) (the SGVB estimator B of Kingma & Welling 2013, Sec. 2.3), i.e. the same
+    quantity training logs as `val/elbo`. Its negative is the anomaly score.
+    """
+    out: dict[str, list[Tensor]] = {"log_px": [], "elbo": [], "recon": [], "kl": []}
+    with _evaluating(model):
+        for x, y in batches.epoch(0):
+            mu, logvar = model.encode(x, y)
+            log_px = importance_log_likelihood(mu, logvar, _decoder_log_likelihood(model, x, y), k, chunk, generator)
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device)
+            z = mu.float() + torch.exp(0.5 * logvar.float()) * eps
+            recon = recon_nll(x, model.decode(z, y), model.likelihood, model.log_scale)
+            kl = gaussian_kl(mu, logvar)
+            for name, value in (("log_px", log_px), ("elbo", -(recon + kl)), ("recon", recon), ("kl", kl)):
+                out[name].append(value.float().cpu())
+    if not out["elbo"]:
+        raise ValueError("evaluation got an empty split: the batches yielded no images")
+    return {name: torch.cat(values) for name, values in out.items()}
+
+
+def summarise_bounds(per_image: dict[str, Tensor], num_dims: int, continuous: bool, mask: Optional[Tensor] = None) -> dict[str, float]:
+    """Means over the images selected by `mask` (all by default), in nats per image: `nll` (= -mean IWAE log p(x)), `elbo`, `recon`, `kl`, and `bits_per_dim` of `nll`.
+
+    `elbo` is the analytic-KL ELBO with one z sample per image (see `per_image_bounds`),
+    not the K = 1 IWAE bound; both have the same expectation.
+    """
+    chosen = {name: (v if mask is None else v[mask]).double() for name, v in per_image.items()}
+    if not chosen["elbo"].numel():
+        raise ValueError("no images selected to summarise")
+    nll = -chosen["log_px"].mean().item()
+    return {
+        "nll": nll,
+        "elbo": chosen["elbo"].mean().item(),
+        "recon": chosen["recon"].mean().item(),
+        "kl": chosen["kl"].mean().item(),
+        "bits_per_dim": float(bits_per_dim(nll, num_dims, continuous=continuous)),
+    }
+
+
+def bits_per_dim(nll_nats: Union[float, Tensor], num_dims: int, continuous: bool) -> Union[float, Tensor]:
+    """A negative log-likelihood in nats per image -> bits per dimension, NLL / (D ln 2).
+
+    Convention: for a continuous density on pixels scaled to [0, 1] (the Gaussian
+    likelihood, `continuous=True`) the density is first turned into a probability of
+    the pixel's 8-bit bin: P(bin) ~= p(x) * (1/256) per dimension, so
+    NLL_discrete = NLL_continuous + D ln 256, and the uniform density on [0, 1]^D scores
+    exactly 8 bits/dim. This is the convention of Theis et al. 2016 ("A note on the
+    evaluation of generative models") and Dinh et al. 2017 (RealNVP); it is an
+    upper bound on the discrete NLL only for uniformly dequantised data, and here the
+    model sees un-dequantised pixels k/255, so read it as an approximation. For a
+    discrete likelihood (Bernoulli, `continuous=False`) the NLL already is a probability
+    of the data and no offset is added.
+    """
+    if num_dims < 1:
+        raise ValueError(f"num_dims must be >= 1, got {num_dims}")
+    offset = num_dims * math.log(256.0) if continuous else 0.0
+    return (nll_nats + offset) / (num_dims * LN2)
+
+
+# --------------------------------------------------------------------------- posterior statistics
+
+
+def collect_posteriors(model: VAE, batches: Batches) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Posterior means and log-variances of q(z|x) over one pass, each (N, D) on the CPU, with labels (N,) or None."""
+    mus, logvars, labels = [], [], []
+    with _evaluating(model):
+        for x, y in batches.epoch(0):
+            mu, logvar = model.encode(x, y)
+            mus.append(mu.float().cpu())
+            logvars.append(logvar.float().cpu())
+            if y is not None:
+                labels.append(y.cpu())
+    if not mus:
+        raise ValueError("collect_posteriors got an empty split: the batches yielded no images")
+    return torch.cat(mus), torch.cat(logvars), torch.cat(labels) if labels else None
+
+
+def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(q(z_d|x) || N(0, 1)) per latent dimension averaged over the data, (D,); sums to the mean of `gaussian_kl`."""
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(dim=0)
+
+
+def active_units(mu: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:
+    """Number of active latent units and the per-unit activity Var_x(E_q[z_u|x]), (D,).
+
+    Burda et al. 2015 (IWAE): unit u is active when Cov_x(E_{q(z|x)}[z_u]) > 0.01, i.e.
+    when the variance over the data of its posterior mean exceeds `threshold`. The
+    population variance (divide by N) is used, so one image gives 0, not NaN.
+    """
+    activity = mu.float().var(dim=0, correction=0)
+    return int((activity > threshold).sum().item()), activity
+
+
+# --------------------------------------------------------------------------- anomaly detection and denoising
+
+
+def auroc(scores_anomalous: Tensor, scores_normal: Tensor) -> float:
+    """Area under the ROC curve: P(a random anomalous score > a random normal one), ties counting 1/2.
+
+    Computed from ranks as the Mann-Whitney U statistic, U / (n_a n_n), in O(n log n);
+    tied scores share their average rank, which is what makes a tie count 1/2. Higher
+    scores mean more anomalous (e.g. per-image negative ELBOs).
+    """
+    a, n = scores_anomalous.detach().flatten().double().cpu(), scores_normal.detach().flatten().double().cpu()
+    if a.numel() == 0 or n.numel() == 0:
+        raise ValueError("auroc needs at least one anomalous and one normal score")
+    scores = torch.cat([a, n])
+    if torch.isnan(scores).any():
+        raise ValueError("auroc got NaN scores")
+    _, inverse, counts = torch.unique(scores, sorted=True, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, dim=0) - counts  # 0-based rank of each distinct value's first occurrence
+    mean_rank = first.double() + (counts.double() + 1.0) / 2.0  # 1-based average rank of each distinct value
+    rank_sum = mean_rank[inverse[: a.numel()]].sum().item()
+    u = rank_sum - a.numel() * (a.numel() + 1) / 2.0
+    return u / (a.numel() * n.numel())
+
+
+def psnr(x: Tensor, reference: Tensor, max_value: float = 1.0) -> Tensor:
+    """Peak signal-to-noise ratio per image in dB, (B,): 10 log10(max_value^2 / MSE); identical images give inf."""
+    mse = (x.double() - reference.double()).pow(2).flatten(1).mean(dim=1)
+    return (10.0 * torch.log10(max_value**2 / mse)).float()

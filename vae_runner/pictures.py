@@ -1,0 +1,219 @@
+"""Pictures of what a trained VAE learned: traversals, interpolations, the 2-D manifold, latent scatter plots.
+
+Every function returns one (C, H, W) float image in [0, 1] on the CPU, ready for
+`SummaryWriter.add_image` (or `Tracker.image`); plots are rasterised with torch,
+so matplotlib is not needed.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional, Union
+
+import torch
+from torch import Tensor, nn
+from torchvision.utils import make_grid
+
+from vae_runner.tracking import prior_latents
+
+Labels = Optional[Union[int, Tensor]]
+
+# matplotlib's tab10, as 0-255 RGB, so class colours match the plots people already know.
+TAB10 = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
+AXIS_GREY = 0.85
+
+
+@contextmanager
+def _decoding(model: nn.Module) -> Iterator[torch.device]:
+    """Eval mode and no gradients inside, the previous mode restored after; yields the model's device."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            yield param.device if param is not None else torch.device("cpu")
+    finally:
+        model.train(was_training)
+
+
+def _labels(y: Labels, n: int, device: torch.device) -> Optional[Tensor]:
+    """A label given as an int, a scalar or a (1,) tensor, broadcast to n; None stays None."""
+    if y is None:
+        return None
+    y = torch.as_tensor(y, device=device).long().reshape(-1)
+    return y.expand(n) if y.numel() == 1 else y
+
+
+def _grid(images: Tensor, per_row: int) -> Tensor:
+    """Tiles on the CPU with the same white 2 px gutters as the tracking grids."""
+    return make_grid(images.float().cpu(), nrow=per_row, padding=2, pad_value=1.0)
+
+
+def top_kl_dims(kl_per_dim: Tensor, n_dims: int = 10) -> list[int]:
+    """Indices of the `n_dims` latent dimensions with the highest KL, highest first (ties keep index order)."""
+    order = torch.argsort(kl_per_dim.detach().float().cpu(), descending=True, stable=True)
+    return order[: min(n_dims, kl_per_dim.numel())].tolist()
+
+
+def latent_traversal(
+    model: nn.Module,
+    x: Tensor,
+    y: Labels,
+    kl_per_dim: Tensor,
+    n_dims: int = 10,
+    steps: int = 11,
+    span: float = 3.0,
+) -> Tensor:
+    """One image's posterior mean with one dimension at a time swept over mu_d + linspace(-span, span), decoded.
+
+    The sweep is in units of the prior's standard deviation (σ = 1). Rows are
+    the `n_dims` highest-KL dimensions in `top_kl_dims(kl_per_dim, n_dims)`
+    order, so a caller labels row r with that list's r-th entry; `steps`
+    columns. A CVAE decodes with the image's own label y.
+    """
+    if kl_per_dim.numel() != model.latent_dim:
+        raise ValueError(f"kl_per_dim has {kl_per_dim.numel()} entries but the model has latent_dim={model.latent_dim}")
+    dims = top_kl_dims(kl_per_dim, n_dims)
+    with _decoding(model) as device:
+        x = x.reshape(1, *x.shape[-3:]).to(device)
+        y1 = _labels(y, 1, device)
+        mu, _ = model.encode(x, y1)  # (1, D)
+        offsets = torch.linspace(-span, span, steps, device=device)
+        z = mu.repeat(len(dims) * steps, 1)  # (R * S, D), row r sweeps dims[r]
+        for r, d in enumerate(dims):
+            z[r * steps : (r + 1) * steps, d] += offsets
+        images = model.sample(z, _labels(y1, z.shape[0], device))
+    return _grid(images, steps)
+
+
+def interpolation(model: nn.Module, x_a: Tensor, y_a: Labels, x_b: Tensor, y_b: Labels, steps: int = 10) -> Tensor:
+    """The line between the posterior means of x_a[i] and x_b[i], decoded: one row per pair, endpoints included.
+
+    A CVAE decodes the whole row with the start image's label y_a, so the row
+    shows the latent (style) changing under a fixed class.
+    """
+    with _decoding(model) as device:
+        x_a, x_b = x_a.to(device), x_b.to(device)
+        n_pairs = x_a.shape[0]
+        y_a, y_b = _labels(y_a, n_pairs, device), _labels(y_b, n_pairs, device)
+        mu_a, _ = model.encode(x_a, y_a)  # (P, D)
+        mu_b, _ = model.encode(x_b, y_b)
+        t = torch.linspace(0.0, 1.0, steps, device=device).view(1, steps, 1)
+        # (1 - t) a + t b rather than lerp: t=0 and t=1 give the means exactly.
+        z = ((1 - t) * mu_a[:, None] + t * mu_b[:, None]).reshape(n_pairs * steps, -1)  # (P * S, D)
+        y = y_a.repeat_interleave(steps) if y_a is not None else None
+        images = model.sample(z, y)
+    return _grid(images, steps)
+
+
+def manifold_grid(model: nn.Module, n: int = 20, span: float = 2.0, y: Labels = None) -> Tensor:
+    """The n x n grid over [-span, span]^2 decoded into one gapless image (Kingma & Welling 2013, Fig. 4).
+
+    Only for latent_dim 2; z1 grows left to right and z2 bottom to top, so it reads like a plot. A CVAE
+    decodes every tile with the class y.
+    """
+    if model.latent_dim != 2:
+        raise ValueError(f"manifold_grid needs a model with latent_dim=2, got latent_dim={model.latent_dim}")
+    if model.num_classes and y is None:
+        raise ValueError("manifold_grid needs a class label y for a CVAE (num_classes > 0)")
+    with _decoding(model) as device:
+        z1 = torch.linspace(-span, span, n, device=device)
+        z2 = torch.linspace(span, -span, n, device=device)  # top row is z2 = +span, as on a plot
+        rows, cols = torch.meshgrid(z2, z1, indexing="ij")
+        z = torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=1)  # (n * n, 2), row-major
+        images = model.sample(z, _labels(y, n * n, device)).float().cpu()  # (n * n, C, H, W)
+    _, c, h, w = images.shape
+    # (n, n, C, H, W) -> (C, n, H, n, W) -> (C, n * H, n * W): tiles edge to edge, no gutters.
+    return images.view(n, n, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, n * h, n * w)
+
+
+def _project_2d(mu: Tensor) -> Tensor:
+    """(N, D) -> (N, 2): the means themselves for D <= 2 (zero-padded), else their first two principal components."""
+    if mu.shape[1] <= 2:
+        return torch.nn.functional.pad(mu, (0, 2 - mu.shape[1]))
+    centred = mu - mu.mean(dim=0)
+    # Full SVD rather than pca_lowrank: deterministic, and D is small.
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ vh[:2].T
+
+
+def latent_scatter(mu: Tensor, labels: Optional[Tensor] = None, size: int = 512, num_classes: int = 10) -> Tensor:
+    """A (3, size, size) scatter plot of test-set posterior means, coloured by label.
+
+    latent_dim 2 plots the means themselves; a larger latent_dim plots their
+    first two principal components (SVD of the centred means). Colours are
+    tab10, cycled past 10 classes; labels None draws every point in blue.
+    White background, light grey axes through 0, a 3x3 px dot per point; the
+    plotted range is symmetric about 0, the largest |coordinate| plus 10 %.
+    Points are drawn in order, so later points cover earlier ones.
+    """
+    pts = _project_2d(mu.detach().float().cpu())  # (N, 2)
+    reach = pts.abs().max().item() * 1.1 if pts.numel() else 0.0
+    reach = reach if reach > 0 else 1.0
+
+    def to_pixel(v: Tensor) -> Tensor:
+        return ((v + reach) / (2 * reach) * (size - 1)).round().long().clamp(0, size - 1)
+
+    image = torch.ones(3, size, size)
+    origin = to_pixel(torch.zeros(()))
+    image[:, origin, :] = AXIS_GREY
+    image[:, :, origin] = AXIS_GREY
+
+    palette = torch.tensor(TAB10, dtype=torch.float32) / 255.0  # (10, 3)
+    if labels is None:
+        colours = palette[0].expand(pts.shape[0], 3)
+    else:
+        labels = labels.detach().cpu().long()
+        if labels.numel() and not 0 <= labels.min().item() <= labels.max().item() < num_classes:
+            raise ValueError(f"latent_scatter got labels outside [0, {num_classes}); pass num_classes")
+        colours = palette[labels % len(TAB10)]  # (N, 3)
+    cols = to_pixel(pts[:, 0])
+    rows = (size - 1) - to_pixel(pts[:, 1])  # image rows grow downwards, z2 grows upwards
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            r = (rows + dr).clamp(0, size - 1)
+            c = (cols + dc).clamp(0, size - 1)
+            image[:, r, c] = colours.T
+    return image
+
+
+def denoising_grid(noisy: Tensor, recon: Tensor, clean: Tensor, n: int = 8) -> Tensor:
+    """Three rows: noisy inputs, their reconstructions, and the clean targets."""
+    n = min(n, noisy.shape[0])
+    return _grid(torch.cat([noisy[:n].float().cpu(), recon[:n].float().cpu(), clean[:n].float().cpu()]), n)
+
+
+def class_grid(
+    model: nn.Module, z: Optional[Tensor] = None, num_classes: Optional[int] = None, per_row: int = 8, seed: int = 0
+) -> Tensor:
+    """A CVAE's decodings, one row per class and one column per latent: the same z down each column.
+
+    z is (S, latent_dim), one latent per column; None takes the fixed latents of
+    `tracking.prior_latents(latent_dim, num_classes, per_row, seed)`, the ones
+    the training sample grid uses. num_classes defaults to model.num_classes.
+    """
+    k = num_classes if num_classes is not None else model.num_classes
+    if k <= 0:
+        raise ValueError("class_grid needs a CVAE: pass num_classes > 0 or a model with num_classes > 0")
+    if z is None:
+        z_all, y = prior_latents(model.latent_dim, k, per_row=per_row, seed=seed)
+        per_row = z_all.shape[0] // k
+    else:
+        per_row = z.shape[0]
+        # The layout prior_latents uses: row k is class k, z repeated down the columns.
+        z_all = z.detach().cpu().repeat(k, 1)  # (K * S, D)
+        y = torch.arange(k).repeat_interleave(per_row)
+    with _decoding(model) as device:
+        images = model.sample(z_all.to(device), y.to(device))
+    return _grid(images, per_row)
