@@ -59,11 +59,21 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
         return compose(config_name="config", overrides=overrides or [], return_hydra_config=False)
 
 
-def vae_run(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the installed `vae-run` console script as a user would."""
-    exe = Path(sys.executable).with_name("vae-run")
+def console_script(name: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run an installed console script of the project as a user would."""
+    exe = Path(sys.executable).with_name(name)
     env = {**os.environ, "COLUMNS": "120", "PYTHONWARNINGS": "ignore"}
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def vae_run(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`vae-run ARGS` in `cwd`."""
+    return console_script("vae-run", *args, cwd=cwd, timeout=timeout)
+
+
+def vae_eval(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`vae-eval ARGS`."""
+    return console_script("vae-eval", *args, cwd=Path.cwd(), timeout=timeout)
 
 
 def read_scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import read_images, read_scalars, vae_run
+from tests.conftest import read_images, read_scalars, vae_eval, vae_run
 from vae_runner.data import Split, TensorBatches, binarize_split, corrupt, select_classes
 from vae_runner.model import VAEOutput
 from vae_runner.objective import elbo_terms, kl_weight
@@ -80,6 +80,24 @@ def test_custom_scalars_put_recon_and_kl_side_by_side(latent2_run: Path) -> None
     layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
     assert charts["val: recon and kl"] == ["val/recon", "val/kl"]
+
+
+def test_vae_eval_recomputes_metrics_with_more_samples(latent2_run: Path, mnist_root: Path) -> None:
+    before = json.loads((latent2_run / "metrics.json").read_text())
+    proc = vae_eval(str(latent2_run), "eval.nll_samples=200", f"dataset.root={mnist_root}")
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads((latent2_run / "metrics.json").read_text())
+    assert after["val/loss"] == pytest.approx(before["val/loss"], rel=1e-6)  # the same model, data and evaluation noise
+    assert after["test/nll"] <= before["test/nll"] + 0.5  # K=200 is at least as tight as K=20, up to noise
+    assert after["test/nll"] != before["test/nll"] and after["train/steps"] == before["train/steps"]
+    assert "test/nll" in proc.stdout and "test/anomaly_auroc" in proc.stdout
+
+
+def test_vae_eval_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    proc = vae_eval(str(tmp_path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{tmp_path} is not a vae-run run directory" in proc.stderr
+    assert vae_eval(str(tmp_path.parent), "eval.nll_sampels=3").returncode == 2
 
 
 def test_denoising_reports_psnr_above_the_noisy_input(mnist_root: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -11,14 +12,14 @@ import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vae_runner.checkpoint import environment, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state, write_json
-from vae_runner.config import swept_keys
+from vae_runner.config import Config, swept_keys, validate
 from vae_runner.data import (
     DatasetInfo,
     LoadedData,
@@ -331,6 +332,47 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     )
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Recompute a run's final metrics from its checkpoint and saved config (plus overrides such as `eval.nll_samples=5000`).
+
+    Writes them to the run's TensorBoard at the checkpoint's step and merges them into its metrics.json.
+    """
+    checkpoint_path, config_path = run_dir / "checkpoints" / "last.pt", run_dir / ".hydra" / "config.yaml"
+    if not checkpoint_path.is_file() or not config_path.is_file():
+        raise UserError(
+            f"{run_dir} is not a vae-run run directory (it needs .hydra/config.yaml and checkpoints/last.pt); "
+            f"pass a folder under outputs/runs/ or outputs/sweeps/<time>/."
+        )
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config_path), OmegaConf.from_dotlist(list(overrides)))
+    except Exception as err:  # unknown key, wrong type: OmegaConf's errors
+        raise UserError(f"cannot apply {' '.join(overrides) or 'the saved config'}: {str(err).splitlines()[0]}; check the keys against README.") from None
+    validate(cfg)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    amp_dtype = AMP_DTYPES[resolve_precision(cfg.precision, device)]
+    data = load_data(cfg)
+    model = build_model(cfg.model, data.info).to(device)
+    saved = load_checkpoint(checkpoint_path)
+    load_model_state(model, saved["model"], checkpoint_path)
+    d = cfg.dataset
+    val_batches = make_batches(data.val, cfg.train.batch_size, device, False, cfg.seed, d.num_workers)
+    test_batches = make_batches(data.test, cfg.train.batch_size, device, False, cfg.seed, d.num_workers)
+    m = cfg.model
+    total_steps = cfg.train.max_steps or cfg.train.epochs * -(-len(data.train) // cfg.train.batch_size)
+    beta = kl_weight(saved["step"], m.beta, m.kl_warmup_steps, m.kl_schedule, total_steps, m.kl_cycles, m.kl_cycle_ratio)
+    tracker = Tracker(run_dir / "tensorboard")
+    try:
+        metrics = final_metrics(model, val_batches, test_batches, tracker, cfg, saved["step"], beta, amp_dtype)
+    finally:
+        tracker.close()
+    metrics_path = run_dir / "metrics.json"
+    merged = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    merged.update(metrics)
+    write_json(metrics_path, merged)
+    return merged
 
 
 def final_metrics(
