@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,12 +18,23 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
-from vae_runner.config import config_dir, register_configs, validate
+from vae_runner.config import SWEPT_ENV, config_dir, register_configs, swept_keys, validate
 from vae_runner.errors import UserError
 
 log = logging.getLogger("vae_runner")
 console = Console()
 EXIT_USER_ERROR = 2
+RESUME_ENV = "VAE_RUNNER_RESUME_SWEEP"  # set by `-m ... resume=true`: finished jobs are skipped
+PLUGINS = {  # config option -> the pip package that provides it, all in the `sweep` extra
+    "hydra/launcher=joblib": "hydra-joblib-launcher",
+    "hydra/launcher=submitit_local": "hydra-submitit-launcher",
+    "hydra/launcher=submitit_slurm": "hydra-submitit-launcher",
+    "hydra/sweeper=optuna": "hydra-optuna-sweeper",
+}
+
+# Launcher workers (joblib, submitit) import this module to unpickle the task, and resolve the
+# run directory's name there: the resolvers must exist in them too.
+register_configs()
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
@@ -51,12 +63,16 @@ def _remove_if_empty(run_dir: Path) -> None:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def run(cfg: DictConfig) -> float:
     """One job: returns the final `val/loss`, the objective Hydra sweepers minimise."""
     from vae_runner.train import Interrupted, TrainingDiverged, train  # torch-heavy imports after Hydra parsed argv
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if os.environ.get(RESUME_ENV) and (run_dir / "metrics.json").is_file():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        log.info("%s finished earlier (val/loss %.3f); skipping it", run_dir, metrics["val/loss"])
+        return metrics["val/loss"]
+    _share_cores(HydraConfig.get().launcher)
     try:
         validate(cfg)
         console.print(Panel(Syntax(OmegaConf.to_yaml(cfg), "yaml", background_color="default"), title="config", expand=False))
@@ -72,21 +88,61 @@ def run(cfg: DictConfig) -> float:
     return metrics["val/loss"]
 
 
+# Decorated apart from `run` itself, so that launchers pickle the task by reference (joblib workers
+# import it) instead of by value with the module's globals (a rich Console holds locks).
+hydra_run = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(run)
+
+
+def _share_cores(launcher: DictConfig) -> None:
+    """Jobs running side by side share the machine's cores: torch threads per job = cores // parallel jobs."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    if "n_jobs" in launcher:  # joblib: -1 means one job per core
+        jobs = cores if launcher.n_jobs < 0 else launcher.n_jobs
+        torch.set_num_threads(max(1, cores // max(1, jobs)))
+    elif launcher.get("cpus_per_task"):  # submitit: the cores the job was given
+        torch.set_num_threads(int(launcher.cpus_per_task))
+
+
 # ------------------------------------------------------------------ before Hydra runs
 
 
 def expand_resume(argv: list[str]) -> list[str]:
-    """`resume=<run_dir>` becomes that run's saved overrides plus `hydra.run.dir=<run_dir>` (later overrides win)."""
+    """`resume=<run_dir>` becomes that run's saved overrides plus `hydra.run.dir=<run_dir>` (later overrides win).
+
+    In a multirun, `resume=true` points the sweep at the latest earlier sweep with
+    the same overrides: finished jobs are skipped, unfinished ones resume.
+    """
     resume = [a for a in argv if a.split("=", 1)[0].lstrip("+") == "resume"]
     if not resume:
         return argv
-    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
+    rest = [a for a in argv if a not in resume]
+    value = resume[-1].split("=", 1)[1]
+    if value.lower() == "true":
+        if not {"-m", "--multirun"} & set(argv):
+            raise UserError("resume=true resumes a sweep: add -m, or pass resume=<run_dir> to resume one run.")
+        os.environ[RESUME_ENV] = "1"
+        return [*rest, f"hydra.sweep.dir={_previous_sweep(rest)}"]
+    run_dir = Path(value).expanduser()
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise UserError(f"resume={run_dir} is not a vae-run run directory (no .hydra/overrides.yaml); pass a folder under outputs/runs/.")
     previous = [str(o) for o in OmegaConf.load(saved) if not str(o).startswith(("hydra.", "resume=", "+resume="))]
-    rest = [a for a in argv if a not in resume]
     return [*previous, *rest, f"hydra.run.dir={run_dir}"]
+
+
+def _previous_sweep(argv: list[str]) -> Path:
+    """The newest sweep under outputs/sweeps/ launched with these overrides."""
+    overrides = sorted(a for a in argv if not a.startswith("-"))
+    candidates = sorted(Path("outputs", "sweeps").glob("*/multirun.yaml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for multirun in candidates:
+        if sorted(str(o) for o in OmegaConf.load(multirun).hydra.overrides.task) == overrides:
+            return multirun.parent
+    raise UserError(
+        f"resume=true found no earlier sweep with the overrides {' '.join(overrides)} under {Path('outputs', 'sweeps').absolute()}; "
+        f"run the same command from the same folder, or drop resume=true to start a new sweep."
+    )
 
 
 def preflight(argv: list[str]) -> None:
@@ -137,6 +193,8 @@ def describe_config_error(err: BaseException) -> str:
     if isinstance(err, MissingConfigException) and "Could not find" in text:
         missing = text.split("Could not find '", 1)[1].split("'", 1)[0]  # e.g. model/foo
         group, _, option = missing.rpartition("/")
+        if f"{group}={option}" in PLUGINS:
+            return f"{group}={option} needs the {PLUGINS[f'{group}={option}']} plugin: pip install 'vae-runner[sweep]' (make install does)."
         listing = text.split("Available options", 1)[-1].split("Config search path", 1)[0]
         options = [line.strip() for line in listing.splitlines()[1:] if line.startswith("\t")]
         if group:
@@ -162,9 +220,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         fail(str(err))
     except Exception as err:  # Hydra's composition and override-parsing errors
         fail(describe_config_error(err))
+    os.environ[SWEPT_ENV] = ",".join(sorted(swept_keys(argv)))
     sys.argv = [sys.argv[0], *argv]
     try:
-        run()
+        hydra_run()
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once
         fail("interrupted; the last checkpoint in the run directory is intact.", 130)
 

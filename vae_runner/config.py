@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import re
+import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,36 +125,49 @@ def config_dir() -> str:
     raise FileNotFoundError(f"vae-runner's configs/ folder is missing next to {package_dir}; reinstall vae-runner.")
 
 
+SWEPT_ENV = "VAE_RUNNER_SWEPT"  # the swept keys, handed to launcher workers whose argv is not the user's
+
+
 def register_configs() -> None:
-    """Register the schema and the run-naming resolver with Hydra (idempotent)."""
+    """Register the schema and the run-naming resolvers with Hydra (idempotent)."""
     ConfigStore.instance().store(name="base_config", node=Config)
     if not OmegaConf.has_resolver("vae_runner.run_name"):
         OmegaConf.register_new_resolver("vae_runner.run_name", run_name)
+    if not OmegaConf.has_resolver("vae_runner.uid"):
+        # Cached per config, and Hydra copies the cache into each job's config: one value per launch.
+        OmegaConf.register_new_resolver("vae_runner.uid", lambda: secrets.token_hex(3), use_cache=True)
 
 
 # Keys that say where things are, not what was tried: left out of run names.
 _UNNAMED_KEYS = ("dataset.root", "dataset.path", "device", "hydra.")
 
 
-def run_name(overrides: Any, swept_only: bool = False) -> str:
+def run_name(overrides: Any, swept_only: bool = False, sweeper_params: Any = None) -> str:
     """Name a run directory after its overrides, e.g. `model.beta=4,model=beta_vae`.
 
-    With `swept_only`, keep just the keys swept on the command line (a multirun's
-    `model.beta=0.5,1,2`), so a sweep's runs are labelled by what varied.
+    With `swept_only`, keep just the swept keys: those given several values on the
+    command line (`model.beta=0.5,1,2`) and those a sweeper searches
+    (`hydra.sweeper.params`), so a sweep's runs are labelled by what varied. A
+    name too long for a folder is cut and given a hash of the whole, so two runs
+    never share a folder.
     """
     pairs = [str(o) for o in overrides if not str(o).lstrip("+~").startswith(_UNNAMED_KEYS)]
     if swept_only:
-        swept = swept_keys()
+        swept = swept_keys() | set(sweeper_params or {})
         if swept:
             pairs = [p for p in pairs if p.split("=", 1)[0].lstrip("+~") in swept]
-    name = ",".join(sorted(pairs)) or "defaults"
-    return re.sub(r"[^\w.,=+\-]", "_", name)[:120]
+    name = re.sub(r"[^\w.,=+\-]", "_", ",".join(sorted(pairs)) or "defaults")
+    if len(name) > 120:
+        name = f"{name[:110]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
 
 
 def swept_keys(argv: Optional[list[str]] = None) -> set[str]:
     """The keys given several values on the command line (Hydra's sweep syntax), e.g. {"model.beta"}."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    if argv is None and SWEPT_ENV in os.environ:
+        return {k for k in os.environ[SWEPT_ENV].split(",") if k}
     args = [a for a in (sys.argv[1:] if argv is None else argv) if "=" in a and not a.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(args)

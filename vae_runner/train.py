@@ -166,9 +166,9 @@ class TrainingDiverged(Exception):
 
 
 class StopSignals:
-    """SIGINT and SIGTERM ask the loop to stop after the current step; a second one stops at once."""
+    """SIGINT, SIGTERM and SIGUSR1/2 (cluster pre-emption) ask the loop to stop after the current step; a second one stops at once."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
@@ -182,6 +182,15 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+    def forward(self) -> None:
+        """Hand the signal on to the handler that was there before, once the checkpoint is saved.
+
+        Under submitit that handler requeues the job, which then resumes from the checkpoint.
+        """
+        previous = self._previous.get(self.signum) if self.signum is not None else None
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(self.signum, None)
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.signum is not None:
@@ -288,6 +297,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                             tracker.scalars("train", {**logged, "beta": beta}, progress.step)
                     if stop.signum is not None:
                         checkpoint(start_batch + i + 1)
+                        stop.forward()
                         raise Interrupted(stop.signum, _interrupt_message(stop.signum, progress.step, checkpoint_path, run_dir))
                     if t.checkpoint_every_steps and progress.step % t.checkpoint_every_steps == 0:
                         checkpoint(start_batch + i + 1)
@@ -317,6 +327,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                     progress.epoch, batches_done = progress.epoch + 1, 0
                 checkpoint(batches_done)
                 if stop.signum is not None:
+                    stop.forward()
                     raise Interrupted(stop.signum, _interrupt_message(stop.signum, progress.step, checkpoint_path, run_dir))
         metrics = final_metrics(model, val_batches, test_batches, tracker, cfg, progress.step, beta_at(progress.step), amp_dtype)
     finally:
