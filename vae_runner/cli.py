@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -72,10 +73,17 @@ def run(cfg: DictConfig) -> float:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         log.info("%s finished earlier (val/loss %.3f); skipping it", run_dir, metrics["val/loss"])
         return metrics["val/loss"]
-    _share_cores(HydraConfig.get().launcher)
+    from vae_runner import distributed
+
+    if distributed.launched_by_torchrun():
+        if not distributed.is_main():  # one voice on the terminal and in the log: rank 0's
+            logging.getLogger().setLevel(logging.WARNING)
+    else:
+        _share_cores(HydraConfig.get().launcher)
     try:
         validate(cfg)
-        console.print(Panel(Syntax(OmegaConf.to_yaml(cfg), "yaml", background_color="default"), title="config", expand=False))
+        if distributed.is_main():
+            console.print(Panel(Syntax(OmegaConf.to_yaml(cfg), "yaml", background_color="default"), title="config", expand=False))
         metrics = train(cfg, run_dir)
     except UserError as err:
         _remove_if_empty(run_dir)
@@ -84,6 +92,8 @@ def run(cfg: DictConfig) -> float:
         fail(str(stop), stop.exit_code)
     except TrainingDiverged as err:
         fail(str(err), 1)
+    if not distributed.is_main():
+        return math.nan
     print_summary(metrics, run_dir)
     return metrics["val/loss"]
 
@@ -213,6 +223,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point."""
     argv = sys.argv[1:] if argv is None else argv
     register_configs()
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:  # started by torchrun: one rank of a DDP run
+        from vae_runner import distributed
+
+        distributed.init()  # before Hydra names the run directory: the ranks agree on one
     try:
         argv = expand_resume(argv)
         preflight(argv)

@@ -9,6 +9,7 @@ import re
 import secrets
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -126,6 +127,12 @@ def config_dir() -> str:
 
 
 SWEPT_ENV = "VAE_RUNNER_SWEPT"  # the swept keys, handed to launcher workers whose argv is not the user's
+STAMP_ENV = "VAE_RUNNER_STAMP"  # the run directory's stamp, shared by the ranks of a torchrun job
+
+
+def run_stamp() -> str:
+    """`<date>_<time>-<6 random hex>`: runs launched in the same second get different directories; torchrun's ranks share rank 0's."""
+    return os.environ.get(STAMP_ENV) or f"{datetime.now():%Y-%m-%d_%H-%M-%S}-{secrets.token_hex(3)}"
 
 
 def register_configs() -> None:
@@ -133,9 +140,9 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
     if not OmegaConf.has_resolver("vae_runner.run_name"):
         OmegaConf.register_new_resolver("vae_runner.run_name", run_name)
-    if not OmegaConf.has_resolver("vae_runner.uid"):
+    if not OmegaConf.has_resolver("vae_runner.stamp"):
         # Cached per config, and Hydra copies the cache into each job's config: one value per launch.
-        OmegaConf.register_new_resolver("vae_runner.uid", lambda: secrets.token_hex(3), use_cache=True)
+        OmegaConf.register_new_resolver("vae_runner.stamp", run_stamp, use_cache=True)
 
 
 # Keys that say where things are, not what was tried: left out of run names.

@@ -113,9 +113,10 @@ class VAE(nn.Module):
         mu, logvar = self.to_posterior(h).chunk(2, dim=1)
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
-    def reparameterize(self, mu: Tensor, logvar: Tensor) -> Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I): a sample that gradients flow through."""
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    def reparameterize(self, mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None) -> Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I) (drawn here unless given): a sample that gradients flow through."""
+        eps = torch.randn_like(mu) if eps is None else eps.to(mu.dtype)
+        return mu + eps * torch.exp(0.5 * logvar)
 
     def decode(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         """z (B, latent_dim) -> parameters of p(x|z, y), (B, C, H, W)."""
@@ -124,10 +125,10 @@ class VAE(nn.Module):
             out = out[..., : self.image_size, : self.image_size]
         return out
 
-    def forward(self, x: Tensor, y: Optional[Tensor] = None) -> VAEOutput:
-        """Encode, sample z once, decode."""
+    def forward(self, x: Tensor, y: Optional[Tensor] = None, eps: Optional[Tensor] = None) -> VAEOutput:
+        """Encode, sample z once (with the noise `eps` when given), decode."""
         mu, logvar = self.encode(x, y)
-        z = self.reparameterize(mu, logvar)
+        z = self.reparameterize(mu, logvar, eps)
         return VAEOutput(self.decode(z, y), mu, logvar, z, self.log_scale)
 
     @torch.no_grad()

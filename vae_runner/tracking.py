@@ -23,21 +23,28 @@ HPARAM_METRICS = (
 class Tracker:
     """Writes everything under `<run_dir>/tensorboard/`, so TensorBoard shows one run per run directory."""
 
-    def __init__(self, log_dir: Path, purge_step: Optional[int] = None):
+    def __init__(self, log_dir: Optional[Path], purge_step: Optional[int] = None):
         # purge_step: TensorBoard discards this run's earlier events at steps >= it (used on resume).
-        self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=10, purge_step=purge_step)
+        # log_dir None: a tracker that writes nothing (the ranks other than 0 of a torchrun job).
+        self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=10, purge_step=purge_step) if log_dir else None
 
     def scalars(self, split: str, values: Mapping[str, float | Tensor], step: int) -> None:
         """Log each value as `split/name` at this step."""
+        if self.writer is None:
+            return
         for name, value in values.items():
             self.writer.add_scalar(f"{split}/{name}", value.item() if isinstance(value, Tensor) else value, step)
 
     def histogram(self, tag: str, values: Tensor, step: int) -> None:
         """Log the distribution of a tensor's values."""
+        if self.writer is None:
+            return
         self.writer.add_histogram(tag, values.detach().float().cpu(), step)
 
     def layout(self) -> None:
         """A Custom Scalars page with each run's reconstruction and KL terms side by side on one chart."""
+        if self.writer is None:
+            return
         self.writer.add_custom_scalars(
             {
                 "ELBO terms": {
@@ -49,6 +56,8 @@ class Tracker:
 
     def image(self, tag: str, grid: Tensor, step: int) -> None:
         """Log one (C, H, W) image in [0, 1]."""
+        if self.writer is None:
+            return
         self.writer.add_image(tag, grid.clamp(0, 1).cpu(), step)
 
     def hparams(self, hparams: Mapping[str, object], shown: Sequence[str] = (), metrics: Sequence[str] = HPARAM_METRICS) -> None:
@@ -59,6 +68,8 @@ class Tracker:
         last value of the run's own scalar tags (`val/loss`, ...), so they fill
         in as training goes and survive a crash.
         """
+        if self.writer is None:
+            return
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
         # No discrete domains: TensorBoard takes one run's experiment summary for all, and a
         # domain listing only that run's value would filter the other runs of a sweep out.
@@ -74,6 +85,8 @@ class Tracker:
 
     def close(self) -> None:
         """Flush and close the event file."""
+        if self.writer is None:
+            return
         self.writer.close()
 
 

@@ -17,6 +17,9 @@ from typing import Any, Optional, Sequence
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+
+from vae_runner import distributed
 
 from vae_runner.checkpoint import environment, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state, write_json
 from vae_runner.config import Config, swept_keys, validate
@@ -202,9 +205,10 @@ class StopSignals:
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train the configured VAE in `run_dir`, resuming from its checkpoint if it has one; returns the final metrics."""
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = distributed.device_for_rank(resolve_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
     amp_dtype = AMP_DTYPES[precision]
+    main, world = distributed.is_main(), distributed.world_size()
     data = load_data(cfg)
     if cfg.train.batch_size > len(data.train):
         raise UserError(
@@ -212,6 +216,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             f"({len(data.train)} images); use a smaller batch size."
         )
     model = build_model(cfg.model, data.info).to(device)
+    # Under torchrun: gradients averaged across ranks; `model` stays the plain module for evaluation and checkpoints.
+    trained = DistributedDataParallel(model) if world > 1 else model
     optimizer = instantiate(cfg.optim)(model.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     d = cfg.dataset
@@ -229,7 +235,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         progress = Progress(**{k: saved[k] for k in Progress.__dataclass_fields__ if k in saved})
         set_rng_state(saved["rng"])
         log.info("resuming from %s at step %d (epoch %d, batch %d)", checkpoint_path, progress.step, progress.epoch, progress.batches_done)
-    write_json(run_dir / "environment.json", environment())
+    if main:
+        write_json(run_dir / "environment.json", environment())
 
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
@@ -239,7 +246,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     )
 
     # On resume, TensorBoard drops the events logged after the checkpoint: curves continue without duplicated points.
-    tracker = Tracker(run_dir / "tensorboard", purge_step=progress.step + 1 if progress.step else None)
+    tracker = Tracker(run_dir / "tensorboard" if main else None, purge_step=progress.step + 1 if progress.step else None)
     if progress.step == 0:
         hparams = _hparams(cfg, model.arch)
         tracker.hparams(hparams, shown=_shown_hparams(hparams))
@@ -249,8 +256,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     session_start = time.perf_counter()
 
     def checkpoint(batches_done: int) -> None:
-        """Save everything needed to continue from here, exactly."""
+        """Save everything needed to continue from here, exactly (rank 0 writes it)."""
         progress.batches_done = batches_done
+        if not main:
+            return
         state = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "config": OmegaConf.to_container(cfg, resolve=True), "rng": rng_state(),
@@ -277,12 +286,20 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 for i, (x, y) in enumerate(train_batches.epoch(progress.epoch, start_batch=start_batch)):
                     beta = beta_at(progress.step)
                     x_in = corrupt(x, d.noise, d.noise_level) if d.noise != "none" else x  # denoising: noisy in, clean target
+                    n, eps, weight = x.shape[0], None, 1.0
+                    if world > 1:
+                        # Every rank draws the whole batch's random numbers alike and keeps its rows, so the run
+                        # follows the single-process one; the weight makes the averaged gradient the batch mean's.
+                        rows = distributed.shard(n)
+                        eps = torch.randn(n, model.latent_dim, device=x.device)[rows]
+                        x, x_in, y = x[rows], x_in[rows], None if y is None else y[rows]
+                        weight = x.shape[0] * world / n
                     terms = train_step(
-                        model, optimizer, scaler, x_in, y, target=x, beta=beta, free_bits=m.free_bits,
-                        amp_dtype=amp_dtype, grad_clip=t.grad_clip,
+                        trained, optimizer, scaler, x_in, y, target=x, beta=beta, free_bits=m.free_bits,
+                        amp_dtype=amp_dtype, grad_clip=t.grad_clip, eps=eps, weight=weight,
                     )
                     progress.step += 1
-                    epoch_images += x.shape[0]
+                    epoch_images += n
                     if terms is None:
                         progress.skipped_steps += 1
                         consecutive_skips += 1
@@ -293,12 +310,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                         consecutive_skips = 0
                         progress.last_finite_loss, progress.last_finite_step = terms["loss"].item(), progress.step
                         if progress.step % t.log_every_steps == 0 or progress.step == 1:
-                            logged = {k: terms[k] for k in ("loss", "recon", "kl", "grad_norm")}
-                            tracker.scalars("train", {**logged, "beta": beta}, progress.step)
-                    if stop.signum is not None:
+                            logged = distributed.mean_over_ranks({k: terms[k] for k in ("loss", "recon", "kl")}, x.shape[0])
+                            tracker.scalars("train", {**logged, "grad_norm": terms["grad_norm"], "beta": beta}, progress.step)
+                    if distributed.any_rank(stop.signum is not None):
                         checkpoint(start_batch + i + 1)
                         stop.forward()
-                        raise Interrupted(stop.signum, _interrupt_message(stop.signum, progress.step, checkpoint_path, run_dir))
+                        signum = stop.signum or signal.SIGTERM  # another rank got it
+                        raise Interrupted(signum, _interrupt_message(signum, progress.step, checkpoint_path, run_dir))
                     if t.checkpoint_every_steps and progress.step % t.checkpoint_every_steps == 0:
                         checkpoint(start_batch + i + 1)
                     if t.max_steps is not None and progress.step >= t.max_steps:
@@ -311,24 +329,30 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 if epoch_images:
                     tracker.scalars("train", {"images_per_s": epoch_images / seconds}, progress.step)
 
-                val = evaluate(model, val_batches, beta=beta_at(progress.step), amp_dtype=amp_dtype, seed=cfg.seed)
-                tracker.scalars("val", val, progress.step)
-                pictures = progress.epoch % t.image_every_epochs == 0 or progress.epoch == t.epochs
-                if pictures:
-                    _log_images(tracker, model, examples, z_fixed, y_fixed, progress.step)
-                posterior_report(model, val_batches, tracker, progress.step, examples, pictures)
-                log.info(
-                    "epoch %d/%d  step %d  train/loss %.2f  val/loss %.2f (recon %.2f, kl %.2f)  %s img/s",
-                    progress.epoch, t.epochs, progress.step, progress.last_finite_loss, val["loss"], val["recon"],
-                    val["kl"], f"{epoch_images / max(seconds, 1e-9):,.0f}",
-                )
+                if main:  # the other ranks wait at the barrier
+                    val = evaluate(model, val_batches, beta=beta_at(progress.step), amp_dtype=amp_dtype, seed=cfg.seed)
+                    tracker.scalars("val", val, progress.step)
+                    pictures = progress.epoch % t.image_every_epochs == 0 or progress.epoch == t.epochs
+                    if pictures:
+                        _log_images(tracker, model, examples, z_fixed, y_fixed, progress.step)
+                    posterior_report(model, val_batches, tracker, progress.step, examples, pictures)
+                    log.info(
+                        "epoch %d/%d  step %d  train/loss %.2f  val/loss %.2f (recon %.2f, kl %.2f)  %s img/s",
+                        progress.epoch, t.epochs, progress.step, progress.last_finite_loss, val["loss"], val["recon"],
+                        val["kl"], f"{epoch_images / max(seconds, 1e-9):,.0f}",
+                    )
+                distributed.barrier()
                 batches_done = start_batch + i + 1 if epoch_images else start_batch
                 if batches_done >= len(train_batches):  # the epoch is complete (not cut short by max_steps)
                     progress.epoch, batches_done = progress.epoch + 1, 0
                 checkpoint(batches_done)
-                if stop.signum is not None:
+                if distributed.any_rank(stop.signum is not None):
                     stop.forward()
-                    raise Interrupted(stop.signum, _interrupt_message(stop.signum, progress.step, checkpoint_path, run_dir))
+                    signum = stop.signum or signal.SIGTERM
+                    raise Interrupted(signum, _interrupt_message(signum, progress.step, checkpoint_path, run_dir))
+        if not main:
+            distributed.barrier()
+            return {}
         metrics = final_metrics(model, val_batches, test_batches, tracker, cfg, progress.step, beta_at(progress.step), amp_dtype)
     finally:
         tracker.close()
@@ -342,6 +366,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         }
     )
     write_json(run_dir / "metrics.json", metrics)
+    distributed.barrier()
     return metrics
 
 
@@ -439,24 +464,28 @@ def train_step(
     free_bits: float = 0.0,
     amp_dtype: Optional[torch.dtype] = None,
     grad_clip: Optional[float] = None,
+    eps: Optional[torch.Tensor] = None,
+    weight: float = 1.0,
 ) -> Optional[dict[str, torch.Tensor]]:
     """One optimizer step: forward under autocast, the objective in fp32, scaled backward, optional clipping.
 
     `target` is what the decoder must reproduce (the clean image when x is
-    noisy); it defaults to x. Returns the objective's terms and the gradient
-    norm, or None when the loss or the gradient was not finite: then the
-    parameters are left untouched.
+    noisy); it defaults to x. `model` may be wrapped in DistributedDataParallel,
+    with `eps` the reparameterisation noise and `weight` this rank's share of
+    the batch. Returns the objective's terms and the gradient norm, or None when
+    the loss or the gradient was not finite: then the parameters are left untouched.
     """
+    module: VAE = getattr(model, "module", model)
     with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        out = model(x, y if model.num_classes else None)
+        out = model(x, y if module.num_classes else None, eps=eps)
     # fp32, outside autocast
-    terms = elbo_terms(x if target is None else target, out, beta=beta, likelihood=model.likelihood, free_bits=free_bits)
+    terms = elbo_terms(x if target is None else target, out, beta=beta, likelihood=module.likelihood, free_bits=free_bits)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(terms["loss"]).backward()
+    scaler.scale(terms["loss"] * weight if weight != 1.0 else terms["loss"]).backward()
     scaler.unscale_(optimizer)  # true gradients for the norm and the clipping (a no-op without fp16)
-    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
     if grad_clip:
-        torch.nn.utils.clip_grads_with_norm_(model.parameters(), grad_clip, grad_norm)
+        torch.nn.utils.clip_grads_with_norm_(module.parameters(), grad_clip, grad_norm)
     finite = bool(torch.isfinite(terms["loss"]) & torch.isfinite(grad_norm))  # one device sync per step
     if finite:
         scaler.step(optimizer)

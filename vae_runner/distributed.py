@@ -1,0 +1,85 @@
+"""Data-parallel training under `torchrun`: one process per device, each training on its shard of every batch."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from vae_runner.config import STAMP_ENV, run_stamp
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process started by torchrun with more than one rank."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init() -> None:
+    """Join the process group (NCCL on GPUs, gloo on CPUs) and agree on the run directory's stamp."""
+    if dist.is_initialized():
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    stamp = [run_stamp() if rank() == 0 else None]
+    dist.broadcast_object_list(stamp, src=0)
+    os.environ[STAMP_ENV] = stamp[0]
+    # The ranks share the machine's cores.
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """The number of processes training together (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Rank 0 alone writes TensorBoard, checkpoints and metrics."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on any (e.g. a stop signal), so that all ranks stop at the same step."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)], device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def shard(n: int) -> slice:
+    """This rank's rows of a global batch of n: contiguous, sizes differing by at most one."""
+    size, extra = divmod(n, world_size())
+    r = rank()
+    start = r * size + min(r, extra)
+    return slice(start, start + size + (1 if r < extra else 0))
+
+
+def device_for_rank(device: torch.device) -> torch.device:
+    """Under torchrun on GPUs, each rank uses the GPU of its local rank."""
+    if dist.is_initialized() and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def mean_over_ranks(values: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+    """Means over the whole batch from each rank's means of its `count` rows (unchanged when not distributed)."""
+    if not dist.is_initialized():
+        return values
+    totals = torch.stack([v.detach().float() * count for v in values.values()] + [torch.tensor(float(count), device=next(iter(values.values())).device)])
+    dist.all_reduce(totals)
+    return {name: totals[i] / totals[-1] for i, name in enumerate(values)}
