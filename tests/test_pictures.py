@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from vae_runner.model import VAE
 from vae_runner.pictures import (
     TAB10,
-    class_grid,
     denoising_grid,
     interpolation,
     latent_scatter,
@@ -19,7 +18,6 @@ from vae_runner.pictures import (
     manifold_grid,
     top_kl_dims,
 )
-from vae_runner.tracking import prior_latents, samples_grid
 
 SIDE = 28
 CELL = SIDE + 2  # one tile plus make_grid's 2 px gutter
@@ -156,26 +154,6 @@ def test_denoising_grid_is_three_rows_of_eight() -> None:
     assert [tile(grid, r, 5)[0, 0, 0].item() for r in range(3)] == pytest.approx([0.2, 0.5, 0.8])
 
 
-def test_class_grid_matches_the_training_sample_grid() -> None:
-    model = tiny_vae(num_classes=10)
-    grid = class_grid(model, per_row=8)
-    assert grid.shape == (3, 10 * CELL + 2, 8 * CELL + 2)
-    z, y = prior_latents(4, 10, per_row=8)
-    with torch.no_grad():
-        expected = samples_grid(model.sample(z, y), per_row=8)
-    assert (grid - expected).abs().max().item() == 0.0
-
-
-def test_class_grid_keeps_each_latent_down_its_column() -> None:
-    model = tiny_vae(num_classes=10)
-    z = torch.randn(5, 4)
-    grid = class_grid(model, z, 10)
-    assert grid.shape == (3, 10 * CELL + 2, 5 * CELL + 2)
-    with torch.no_grad():
-        class_7_col_3 = model.sample(z[3:4], torch.tensor([7]))
-    assert (tile(grid, 7, 3)[0] - class_7_col_3[0, 0]).abs().max().item() < 1e-6
-
-
 def test_pictures_leave_the_model_in_its_previous_mode() -> None:
     model = tiny_vae(latent_dim=2)
     x = torch.rand(2, 1, SIDE, SIDE)
@@ -195,7 +173,6 @@ def test_pictures_of_a_cuda_model_come_back_on_the_cpu() -> None:
         latent_traversal(model, x[:1], y[:1], torch.ones(2), n_dims=2, steps=3),
         interpolation(model, x[:1], y[:1], x[1:], y[1:], steps=3),
         manifold_grid(model, n=3, y=5),
-        class_grid(model, per_row=2),
         latent_scatter(torch.randn(9, 2, device="cuda"), torch.arange(9, device="cuda")),
     ]
-    assert [p.device.type for p in pictures] == ["cpu"] * 5
+    assert [p.device.type for p in pictures] == ["cpu"] * 4

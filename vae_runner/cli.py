@@ -66,16 +66,16 @@ def _remove_if_empty(run_dir: Path) -> None:
 
 def run(cfg: DictConfig) -> float:
     """One job: returns the final `val/loss`, the objective Hydra sweepers minimise."""
-    from vae_runner.train import Interrupted, TrainingDiverged, train  # torch-heavy imports after Hydra parsed argv
+    # torch-heavy imports after Hydra parsed the command line
+    from vae_runner import distributed
+    from vae_runner.train import Interrupted, TrainingDiverged, train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if os.environ.get(RESUME_ENV) and (run_dir / "metrics.json").is_file():
         metrics = json.loads((run_dir / "metrics.json").read_text())
         log.info("%s finished earlier (val/loss %.3f); skipping it", run_dir, metrics["val/loss"])
         return metrics["val/loss"]
-    from vae_runner import distributed
-
-    if distributed.launched_by_torchrun():
+    if distributed.world_size() > 1:
         if not distributed.is_main():  # one voice on the terminal and in the log: rank 0's
             logging.getLogger().setLevel(logging.WARNING)
     else:
@@ -261,18 +261,14 @@ def eval_main(argv: Optional[list[str]] = None) -> None:
         print(EVAL_USAGE)
         sys.exit(0 if argv else EXIT_USER_ERROR)
     run_dir, overrides = Path(argv[0]), argv[1:]
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_rich_handler()])
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False, console=console)])
     try:
         metrics = evaluate_run(run_dir, overrides)
     except UserError as err:
         fail(str(err))
     print_summary(metrics, run_dir, title="vae-eval: metrics recomputed from checkpoints/last.pt")
-
-
-def _rich_handler() -> logging.Handler:
-    from rich.logging import RichHandler
-
-    return RichHandler(show_path=False, console=console)
 
 
 if __name__ == "__main__":

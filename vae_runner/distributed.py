@@ -10,11 +10,6 @@ import torch.distributed as dist
 from vae_runner.config import STAMP_ENV, run_stamp
 
 
-def launched_by_torchrun() -> bool:
-    """True in a process started by torchrun with more than one rank."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def init() -> None:
     """Join the process group (NCCL on GPUs, gloo on CPUs) and agree on the run directory's stamp."""
     if dist.is_initialized():

@@ -97,20 +97,6 @@ def _decoder_log_likelihood(model: VAE, x: Tensor, y: Optional[Tensor]) -> Calla
     return log_px_given_z
 
 
-def model_log_likelihood(
-    model: VAE,
-    x: Tensor,
-    y: Optional[Tensor] = None,
-    k: int = 100,
-    chunk: int = 64,
-    generator: Optional[torch.Generator] = None,
-) -> Tensor:
-    """IWAE estimate of log p(x) in nats for each image of a batch, (B,), using the model's encoder as proposal."""
-    with _evaluating(model):
-        mu, logvar = model.encode(x, y)
-        return importance_log_likelihood(mu, logvar, _decoder_log_likelihood(model, x, y), k, chunk, generator)
-
-
 def per_image_bounds(
     model: VAE,
     batches: Batches,

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
-from vae_runner.tracking import prior_latents
 
 Labels = Optional[Union[int, Tensor]]
 
@@ -192,28 +191,3 @@ def denoising_grid(noisy: Tensor, recon: Tensor, clean: Tensor, n: int = 8) -> T
     """Three rows: noisy inputs, their reconstructions, and the clean targets."""
     n = min(n, noisy.shape[0])
     return _grid(torch.cat([noisy[:n].float().cpu(), recon[:n].float().cpu(), clean[:n].float().cpu()]), n)
-
-
-def class_grid(
-    model: nn.Module, z: Optional[Tensor] = None, num_classes: Optional[int] = None, per_row: int = 8, seed: int = 0
-) -> Tensor:
-    """A CVAE's decodings, one row per class and one column per latent: the same z down each column.
-
-    z is (S, latent_dim), one latent per column; None takes the fixed latents of
-    `tracking.prior_latents(latent_dim, num_classes, per_row, seed)`, the ones
-    the training sample grid uses. num_classes defaults to model.num_classes.
-    """
-    k = num_classes if num_classes is not None else model.num_classes
-    if k <= 0:
-        raise ValueError("class_grid needs a CVAE: pass num_classes > 0 or a model with num_classes > 0")
-    if z is None:
-        z_all, y = prior_latents(model.latent_dim, k, per_row=per_row, seed=seed)
-        per_row = z_all.shape[0] // k
-    else:
-        per_row = z.shape[0]
-        # The layout prior_latents uses: row k is class k, z repeated down the columns.
-        z_all = z.detach().cpu().repeat(k, 1)  # (K * S, D)
-        y = torch.arange(k).repeat_interleave(per_row)
-    with _decoding(model) as device:
-        images = model.sample(z_all.to(device), y.to(device))
-    return _grid(images, per_row)

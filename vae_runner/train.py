@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from hydra.utils import instantiate
@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from vae_runner import distributed
-
 from vae_runner.checkpoint import environment, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state, write_json
 from vae_runner.config import Config, swept_keys, validate
 from vae_runner.data import (
@@ -222,8 +221,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     d = cfg.dataset
     train_batches = make_batches(data.train, cfg.train.batch_size, device, True, cfg.seed, d.num_workers, binarize=d.binarize == "dynamic")
-    val_batches = make_batches(data.val, cfg.train.batch_size, device, False, cfg.seed, d.num_workers)
-    test_batches = make_batches(data.test, cfg.train.batch_size, device, False, cfg.seed, d.num_workers)
+    val_batches, test_batches = eval_batches(cfg, data, device)
 
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
     progress = Progress()
@@ -268,11 +266,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         save_checkpoint(checkpoint_path, state, model)
 
     t, m = cfg.train, cfg.model
-    total_steps = t.max_steps or t.epochs * len(train_batches)
-    beta_at = partial(
-        kl_weight, beta=m.beta, warmup_steps=m.kl_warmup_steps, schedule=m.kl_schedule,
-        total_steps=total_steps, cycles=m.kl_cycles, ratio=m.kl_cycle_ratio,
-    )
+    beta_at = beta_schedule(cfg, len(train_batches))
 
     def finished() -> bool:
         return progress.epoch > t.epochs or (t.max_steps is not None and progress.step >= t.max_steps)
@@ -393,12 +387,8 @@ def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, floa
     model = build_model(cfg.model, data.info).to(device)
     saved = load_checkpoint(checkpoint_path)
     load_model_state(model, saved["model"], checkpoint_path)
-    d = cfg.dataset
-    val_batches = make_batches(data.val, cfg.train.batch_size, device, False, cfg.seed, d.num_workers)
-    test_batches = make_batches(data.test, cfg.train.batch_size, device, False, cfg.seed, d.num_workers)
-    m = cfg.model
-    total_steps = cfg.train.max_steps or cfg.train.epochs * -(-len(data.train) // cfg.train.batch_size)
-    beta = kl_weight(saved["step"], m.beta, m.kl_warmup_steps, m.kl_schedule, total_steps, m.kl_cycles, m.kl_cycle_ratio)
+    val_batches, test_batches = eval_batches(cfg, data, device)
+    beta = beta_schedule(cfg, -(-len(data.train) // cfg.train.batch_size))(saved["step"])
     tracker = Tracker(run_dir / "tensorboard")
     try:
         metrics = final_metrics(model, val_batches, test_batches, tracker, cfg, saved["step"], beta, amp_dtype)
@@ -409,6 +399,21 @@ def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, floa
     merged.update(metrics)
     write_json(metrics_path, merged)
     return merged
+
+
+def eval_batches(cfg: DictConfig, data: LoadedData, device: torch.device) -> tuple[TensorBatches | StreamingBatches, TensorBatches | StreamingBatches]:
+    """Validation and test batches, in order."""
+    make = partial(make_batches, batch_size=cfg.train.batch_size, device=device, shuffle=False, seed=cfg.seed, num_workers=cfg.dataset.num_workers)
+    return make(data.val), make(data.test)
+
+
+def beta_schedule(cfg: DictConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The KL weight as a function of the step, for this config's schedule over the whole run."""
+    m, t = cfg.model, cfg.train
+    return partial(
+        kl_weight, beta=m.beta, warmup_steps=m.kl_warmup_steps, schedule=m.kl_schedule,
+        total_steps=t.max_steps or t.epochs * steps_per_epoch, cycles=m.kl_cycles, ratio=m.kl_cycle_ratio,
+    )
 
 
 def final_metrics(
@@ -453,7 +458,7 @@ def _divergence_message(progress: Progress, skips: int) -> str:
 
 
 def train_step(
-    model: VAE,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     x: torch.Tensor,

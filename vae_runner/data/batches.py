@@ -9,7 +9,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vae_runner.data.datasets import Split, collate_images
-from vae_runner.errors import UserError
 
 Batch = tuple[Tensor, Optional[Tensor]]  # images (B, C, H, W) float in [0, 1], labels (B,) or None
 
@@ -104,11 +103,9 @@ def make_batches(
     num_workers: int = 2,
     binarize: bool = False,
 ) -> TensorBatches | StreamingBatches:
-    """In-memory splits become device tensors; Datasets stream through a DataLoader."""
+    """In-memory splits become device tensors; Datasets stream through a DataLoader (binarising needs the former)."""
     if isinstance(data, Split):
         return TensorBatches(data, batch_size, device, shuffle, seed, binarize)
-    if binarize:
-        raise UserError("dataset.binarize=dynamic needs the dataset in memory; raise dataset.max_memory_mb.")
     return StreamingBatches(data, batch_size, device, shuffle, seed, num_workers)
 
 
