@@ -19,7 +19,7 @@ from tests.conftest import compose_config, read_scalars, vae_run
 from vae_runner.checkpoint import OutputError, atomic_write, load_checkpoint, save_checkpoint
 from vae_runner.errors import UserError
 from vae_runner.model import VAE
-from vae_runner.train import train
+from vae_runner.train import StopSignals, train
 
 RUN = ["train.epochs=2", "dataset.train_samples=6000", "dataset.val_samples=500", "train.checkpoint_every_steps=10", "train.log_every_steps=1"]
 
@@ -74,8 +74,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(mnist_root: Path, tmp_p
     assert steps == list(range(1, 95))
 
 
-def test_sigterm_and_sigint_checkpoint_and_exit_143_and_130(mnist_root: Path, tmp_path: Path) -> None:
-    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+def test_sigterm_sigint_and_preemption_checkpoint_and_exit_143_130_140(mnist_root: Path, tmp_path: Path) -> None:
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGUSR2, 140)):
         run_dir = tmp_path / sig.name
         proc = _popen(f"dataset.root={mnist_root}", *RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
         _wait_for_checkpoint(run_dir / "checkpoints" / "last.pt", proc, min_step=10)
@@ -187,3 +187,16 @@ def test_load_checkpoint_refuses_code_in_process(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="refused"):
         load_checkpoint(path)
     assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_a_preemption_signal_is_handed_on_to_the_previous_handler_after_the_checkpoint() -> None:
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))  # stands in for submitit's requeue
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert stop.signum == signal.SIGUSR2 and seen == []  # the loop checkpoints first ...
+            stop.forward()
+        assert seen == [signal.SIGUSR2]  # ... then submitit requeues the job
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
