@@ -79,7 +79,7 @@ def test_custom_scalars_put_recon_and_kl_side_by_side(latent2_run: Path) -> None
     (event,) = acc.Tensors("custom_scalars__config__")  # the layout proto travels as the tensor's string value
     layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
-    assert charts["val: recon and kl"] == ["val/recon", "val/kl"]
+    assert charts["val: recon and kl"] == ["^val/recon$", "^val/kl$"]  # anchored: not val/kl_per_dim/NN
 
 
 def test_vae_eval_recomputes_metrics_with_more_samples(latent2_run: Path, mnist_root: Path) -> None:

@@ -47,9 +47,9 @@ class Tracker:
             return
         self.writer.add_custom_scalars(
             {
-                "ELBO terms": {
-                    "train: recon and kl": ["Multiline", ["train/recon", "train/kl"]],
-                    "val: recon and kl": ["Multiline", ["val/recon", "val/kl"]],
+                "ELBO terms": {  # tags are regular expressions: anchored, or val/kl would match val/kl_per_dim/NN too
+                    "train: recon and kl": ["Multiline", ["^train/recon$", "^train/kl$"]],
+                    "val: recon and kl": ["Multiline", ["^val/recon$", "^val/kl$"]],
                 }
             }
         )
