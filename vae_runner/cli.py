@@ -16,7 +16,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.panel import Panel
-from rich.syntax import Syntax
 from rich.table import Table
 
 from vae_runner.config import SWEPT_ENV, config_dir, register_configs, swept_keys, validate
@@ -42,6 +41,31 @@ def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
     """Print one message to stderr, unwrapped, and exit."""
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
     sys.exit(code)
+
+
+def print_config(cfg: DictConfig) -> None:
+    """The resolved config, one line per group (`key=value`, as they would be overridden)."""
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    loose = []
+    for key, node in cfg.items():
+        if isinstance(node, DictConfig):
+            values = OmegaConf.to_container(node, resolve=True)
+            table.add_row(str(key), "  ".join(f"{k}={_flow(v)}" for k, v in values.items() if not str(k).startswith("_")))
+        else:
+            loose.append(f"{key}={_flow(node)}")
+    table.add_row("", "  ".join(loose))
+    console.print(Panel(table, title="config", title_align="left"))
+
+
+def _flow(value: object) -> str:
+    """A value as it would be written on the command line."""
+    if isinstance(value, list):
+        return "[" + ",".join(_flow(v) for v in value) + "]"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
 
 
 def print_summary(metrics: dict[str, float], run_dir: Path, title: str = "vae-run: final metrics") -> None:
@@ -83,7 +107,7 @@ def run(cfg: DictConfig) -> float:
     try:
         validate(cfg)
         if distributed.is_main():
-            console.print(Panel(Syntax(OmegaConf.to_yaml(cfg), "yaml", background_color="default"), title="config", expand=False))
+            print_config(cfg)
         metrics = train(cfg, run_dir)
     except UserError as err:
         _remove_if_empty(run_dir)
