@@ -181,6 +181,7 @@ def test_bad_checkpoints_are_refused_with_one_sentence(mnist_root: Path, tmp_pat
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the crafted pickle's protocol, not ours
 def test_load_checkpoint_refuses_code_in_process(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps(_Evil()))
