@@ -124,7 +124,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from vae_runner.data import load_dataset, make_batches
     from vae_runner.errors import UserError
-    from vae_runner.train import evaluate, resolve_device, write_json
+    from vae_runner.atomic import write_json
+    from vae_runner.train import evaluate, resolve_device
 
     args = parse_args(argv)
     try:

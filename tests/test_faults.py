@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from tests.conftest import compose_config, read_scalars, vae_run
-from vae_runner.checkpoint import OutputError, atomic_write, load_checkpoint, save_checkpoint
+from vae_runner.atomic import OutputError, atomic_write
+from vae_runner.checkpoint import load_checkpoint, save_checkpoint
 from vae_runner.errors import UserError
 from vae_runner.model import VAE
 from vae_runner.train import StopSignals, train
@@ -92,7 +93,7 @@ def test_kill_during_checkpoint_write_leaves_the_previous_one_loadable(tmp_path:
     model = VAE(in_channels=1, image_size=28)
     save_checkpoint(path, {"step": 1, "model": model.state_dict()}, model)
     code = (
-        "import os, signal, sys; from pathlib import Path; from vae_runner.checkpoint import atomic_write\n"
+        "import os, signal, sys; from pathlib import Path; from vae_runner.atomic import atomic_write\n"
         "def half(f):\n    f.write(b'x' * 100000); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
         f"atomic_write(Path({str(path)!r}), half)\n"
     )

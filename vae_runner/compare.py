@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Sequence, Union
 
 import yaml
 
+from vae_runner.atomic import atomic_write
 from vae_runner.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -302,17 +303,6 @@ def table_records(rows: Sequence[Row], metrics: Sequence[str]) -> list[dict[str,
     return records
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and rename: never a half-written output."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path} ({err.strerror}); check that its folder exists and is writable.") from err
-
-
 def write_csv(path: Path, rows: Sequence[Row], metrics: Sequence[str]) -> None:
     """One line per configuration: varied keys, n, `<metric>_mean`, `<metric>_std` (empty std for one seed)."""
     records = table_records(rows, metrics)
@@ -322,7 +312,7 @@ def write_csv(path: Path, rows: Sequence[Row], metrics: Sequence[str]) -> None:
     writer.writeheader()
     for record in records:
         writer.writerow({k: "" if v is None else (repr(v) if isinstance(v, float) else v) for k, v in record.items()})
-    _atomic_write_text(path, buffer.getvalue())
+    atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
 
 
 def write_json(path: Path, rows: Sequence[Row], metrics: Sequence[str]) -> None:
@@ -330,7 +320,7 @@ def write_json(path: Path, rows: Sequence[Row], metrics: Sequence[str]) -> None:
     records = table_records(rows, metrics)
     for record, row in zip(records, rows):
         record["runs"] = [str(p) for p in row.runs]  # type: ignore[assignment]
-    _atomic_write_text(path, json.dumps(records, indent=2) + "\n")
+    atomic_write(path, lambda f: f.write((json.dumps(records, indent=2) + "\n").encode()))
 
 
 # ---------------------------------------------------------------- command line

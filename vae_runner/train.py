@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from vae_runner import distributed
-from vae_runner.checkpoint import environment, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state, write_json
+from vae_runner.atomic import write_json
+from vae_runner.checkpoint import environment, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from vae_runner.config import Config, swept_keys, validate
 from vae_runner.data import (
     DatasetInfo,
