@@ -273,6 +273,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         return progress.epoch > t.epochs or (t.max_steps is not None and progress.step >= t.max_steps)
 
     consecutive_skips = 0
+    last_val: Optional[dict[str, float]] = None  # the last epoch's validation, reused by the final report
     try:
         with StopSignals() as stop:
             while not finished():
@@ -330,7 +331,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                     pictures = progress.epoch % t.image_every_epochs == 0 or progress.epoch == t.epochs
                     if pictures:
                         _log_images(tracker, model, examples, z_fixed, y_fixed, progress.step)
-                    posterior_report(model, val_batches, tracker, progress.step, examples, pictures)
+                    val.update(posterior_report(model, val_batches, tracker, progress.step, examples, pictures))
+                    last_val = val
                     log.info(
                         "epoch %d/%d  step %d  train/loss %.2f  val/loss %.2f (recon %.2f, kl %.2f)  %s img/s",
                         progress.epoch, t.epochs, progress.step, progress.last_finite_loss, val["loss"], val["recon"],
@@ -348,7 +350,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if not main:
             distributed.barrier()
             return {}
-        metrics = final_metrics(model, val_batches, test_batches, tracker, cfg, progress.step, beta_at(progress.step), amp_dtype)
+        metrics = final_metrics(model, val_batches, test_batches, tracker, cfg, progress.step, beta_at(progress.step), amp_dtype, last_val)
     finally:
         tracker.close()
     metrics.update(
@@ -426,12 +428,13 @@ def final_metrics(
     step: int,
     beta: float,
     amp_dtype: Optional[torch.dtype] = None,
+    val: Optional[dict[str, float]] = None,
 ) -> dict[str, float]:
-    """Validation terms and posterior statistics, then the test report (NLL, anomaly AUROC, denoising PSNR)."""
-    val = evaluate(model, val_batches, beta=beta, amp_dtype=amp_dtype, seed=cfg.seed)
+    """Validation terms and posterior statistics (unless given: the last epoch's), then the test report (NLL, anomaly AUROC, denoising PSNR)."""
     d = cfg.dataset
-    examples = _examples(val_batches, d.noise, d.noise_level, cfg.seed)
-    val.update(posterior_report(model, val_batches, tracker, step, examples, pictures=False))
+    if val is None:
+        val = evaluate(model, val_batches, beta=beta, amp_dtype=amp_dtype, seed=cfg.seed)
+        val.update(posterior_report(model, val_batches, tracker, step, _examples(val_batches, d.noise, d.noise_level, cfg.seed), pictures=False))
     metrics = {f"val/{k}": v for k, v in val.items()}
     if isinstance(test_batches, TensorBatches):
         metrics.update(
