@@ -8,11 +8,12 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from vae_runner.data import TensorBatches, corrupt
+from vae_runner.checkpoint import seeded_rng
+from vae_runner.data import StreamingBatches, TensorBatches, corrupt
 from vae_runner.evaluation import active_units, auroc, collect_posteriors, kl_per_dim, per_image_bounds, psnr, summarise_bounds
 from vae_runner.model import VAE
 from vae_runner.pictures import denoising_grid, interpolation, latent_scatter, latent_traversal, manifold_grid
-from vae_runner.tracking import Tracker
+from vae_runner.tracking import Tracker, reconstruction_grid, samples_grid
 
 
 @dataclass
@@ -49,12 +50,12 @@ def posterior_report(model: VAE, batches: TensorBatches, tracker: Tracker, step:
         if model.latent_dim == 2 and not model.num_classes:
             tracker.image("latent/manifold", manifold_grid(model), step)
         if examples.noisy is not None:
-            tracker.image("val/denoising", denoising_grid(examples.noisy, _reconstruct(model, examples.noisy, y), examples.x), step)
+            tracker.image("val/denoising", denoising_grid(examples.noisy, reconstruct(model, examples.noisy, y), examples.x), step)
     return {"active_units": float(n_active)}
 
 
 @torch.no_grad()
-def _reconstruct(model: VAE, x: Tensor, y: Optional[Tensor]) -> Tensor:
+def reconstruct(model: VAE, x: Tensor, y: Optional[Tensor]) -> Tensor:
     """Decode the posterior mean: the model's reconstruction of x, in [0, 1]."""
     was_training = model.training
     model.eval()
@@ -62,6 +63,25 @@ def _reconstruct(model: VAE, x: Tensor, y: Optional[Tensor]) -> Tensor:
     out = model.sample(mu, y)
     model.train(was_training)
     return out
+
+
+def fixed_examples(batches: TensorBatches | StreamingBatches, noise: str, level: float, seed: int, n: int = 8) -> Examples:
+    """The first n validation images, with a fixed corruption when denoising."""
+    x, y = next(iter(batches.epoch(0)))
+    x, y = x[:n], None if y is None else y[:n]
+    noisy = None
+    if noise != "none":
+        with seeded_rng(seed, x.device):
+            noisy = corrupt(x, noise, level)
+    return Examples(x, y, noisy)
+
+
+def sample_pictures(tracker: Tracker, model: VAE, examples: Examples, z: Tensor, z_labels: Optional[Tensor], step: int) -> None:
+    """Fixed test images over their reconstructions, and samples from the prior at fixed z (a CVAE: one row per class)."""
+    device = next(model.parameters()).device
+    tracker.image("val/reconstructions", reconstruction_grid(examples.x, reconstruct(model, examples.x, examples.labels(model))), step)
+    samples = model.sample(z.to(device), None if z_labels is None else z_labels.to(device))
+    tracker.image("samples/prior", samples_grid(samples), step)
 
 
 def test_report(
@@ -78,8 +98,7 @@ def test_report(
     seed: int = 0,
 ) -> dict[str, float]:
     """The final evaluation on the test split: importance-sampled NLL, anomaly AUROC and denoising PSNR, logged as `test/...`."""
-    with torch.random.fork_rng(devices=[batches.device] if batches.device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded_rng(seed, batches.device):
         bounds = per_image_bounds(model, batches, k=nll_samples, chunk=nll_chunk)
         labels = batches.labels.cpu() if batches.labels is not None else None
         held_out = torch.zeros(len(bounds["elbo"]), dtype=torch.bool)
@@ -106,7 +125,7 @@ def _denoising(model: VAE, batches: TensorBatches, noise: str, level: float, tra
     for x, y in batches.epoch(0):
         y = y if model.num_classes else None
         noisy = corrupt(x, noise, level)
-        recon = _reconstruct(model, noisy, y)
+        recon = reconstruct(model, noisy, y)
         # Capped at 100 dB: an image the noise left untouched would otherwise give inf and an infinite mean.
         recon_psnr.append(psnr(recon, x).clamp(max=100.0).cpu())
         noisy_psnr.append(psnr(noisy, x).clamp(max=100.0).cpu())

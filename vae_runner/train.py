@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vae_runner import distributed
 from vae_runner.atomic import write_json
-from vae_runner.checkpoint import environment, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from vae_runner.checkpoint import environment, load_checkpoint, load_model_state, rng_state, save_checkpoint, seeded_rng, set_rng_state
 from vae_runner.config import Config, swept_keys, validate
 from vae_runner.data import (
     DatasetInfo,
@@ -36,11 +36,11 @@ from vae_runner.data import (
     select_classes,
     take,
 )
-from vae_runner.diagnostics import Examples, posterior_report, test_report
+from vae_runner.diagnostics import fixed_examples, posterior_report, sample_pictures, test_report
 from vae_runner.errors import UserError
 from vae_runner.model import VAE
-from vae_runner.objective import elbo_terms, kl_weight, likelihood_mean
-from vae_runner.tracking import Tracker, prior_latents, reconstruction_grid, samples_grid
+from vae_runner.objective import elbo_terms, kl_weight
+from vae_runner.tracking import Tracker, prior_latents
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         tracker.hparams(hparams, shown=_shown_hparams(hparams))
         tracker.layout()
     z_fixed, y_fixed = prior_latents(model.latent_dim, model.num_classes, seed=cfg.seed)
-    examples = _examples(val_batches, d.noise, d.noise_level, cfg.seed)
+    examples = fixed_examples(val_batches, d.noise, d.noise_level, cfg.seed)
     session_start = time.perf_counter()
 
     def checkpoint(batches_done: int) -> None:
@@ -330,7 +330,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                     tracker.scalars("val", val, progress.step)
                     pictures = progress.epoch % t.image_every_epochs == 0 or progress.epoch == t.epochs
                     if pictures:
-                        _log_images(tracker, model, examples, z_fixed, y_fixed, progress.step)
+                        sample_pictures(tracker, model, examples, z_fixed, y_fixed, progress.step)
                     val.update(posterior_report(model, val_batches, tracker, progress.step, examples, pictures))
                     last_val = val
                     log.info(
@@ -434,7 +434,7 @@ def final_metrics(
     d = cfg.dataset
     if val is None:
         val = evaluate(model, val_batches, beta=beta, amp_dtype=amp_dtype, seed=cfg.seed)
-        val.update(posterior_report(model, val_batches, tracker, step, _examples(val_batches, d.noise, d.noise_level, cfg.seed), pictures=False))
+        val.update(posterior_report(model, val_batches, tracker, step, fixed_examples(val_batches, d.noise, d.noise_level, cfg.seed), pictures=False))
     metrics = {f"val/{k}": v for k, v in val.items()}
     if isinstance(test_batches, TensorBatches):
         metrics.update(
@@ -513,8 +513,7 @@ def evaluate(
     The posterior samples come from their own seeded random state, so every
     evaluation sees the same noise and training's random stream is untouched.
     """
-    with torch.random.fork_rng(devices=[batches.device] if batches.device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded_rng(seed, batches.device):
         return _evaluate(model, batches, beta=beta, amp_dtype=amp_dtype)
 
 
@@ -533,32 +532,6 @@ def _evaluate(model: VAE, batches: TensorBatches | StreamingBatches, *, beta: fl
         n += x.shape[0]
     model.train()
     return {name: (total / n).item() for name, total in sums.items()}
-
-
-def _log_images(tracker: Tracker, model: VAE, examples: Examples, z: torch.Tensor, z_labels: Optional[torch.Tensor], step: int) -> None:
-    """Input-vs-reconstruction grid of fixed test images, and samples from the prior (fixed z)."""
-    model.eval()
-    device = next(model.parameters()).device
-    y = examples.labels(model)
-    with torch.no_grad():
-        mu, _ = model.encode(examples.x, y)
-        recon = likelihood_mean(model.decode(mu, y), model.likelihood)
-        samples = model.sample(z.to(device), None if z_labels is None else z_labels.to(device))
-    model.train()
-    tracker.image("val/reconstructions", reconstruction_grid(examples.x, recon), step)
-    tracker.image("samples/prior", samples_grid(samples), step)
-
-
-def _examples(batches: TensorBatches | StreamingBatches, noise: str, level: float, seed: int, n: int = 8) -> Examples:
-    """The first n validation images, with a fixed corruption when denoising."""
-    x, y = next(iter(batches.epoch(0)))
-    x, y = x[:n], None if y is None else y[:n]
-    noisy = None
-    if noise != "none":
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            noisy = corrupt(x, noise, level)
-    return Examples(x, y, noisy)
 
 
 # The HParams columns shown by default after the swept keys (the issue's "model, dataset, beta, latent size, lr").
