@@ -68,7 +68,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     table.add_row("reference (Burda et al. 2015, VAE k=1)", f"{REFERENCE_NLL:.2f}")
     table.add_row("gap to reference", f"{metrics['test/nll'] - REFERENCE_NLL:+.2f}")
     Console().print(table)
-    print(f"time: {seconds:.0f} s in all ({metrics['train/seconds']:.0f} s training and evaluation), run directory {run_dir}")
+    print(f"time: {seconds:.0f} s in all ({metrics['train/seconds']:.0f} s training, {metrics['test/seconds']:.0f} s final evaluation), run directory {run_dir}")
     print(f"command: vae-run {' '.join(overrides)}")
     return 0
 

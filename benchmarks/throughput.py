@@ -60,13 +60,11 @@ def compose_config(batch_size: int, epochs: int, device: str) -> Any:
 
 def fresh_model(cfg: Any, info: Any, device: torch.device) -> tuple[VAE, torch.optim.Optimizer, torch.amp.GradScaler]:
     """A newly initialised model, its optimizer and a disabled scaler; re-seeded so every call gives the same weights."""
-    from hydra.utils import instantiate
-
-    from vae_runner.train import build_model
+    from vae_runner.build import build_model, make_optimizer
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, info).to(device)
-    optimizer = instantiate(cfg.optim)(model.parameters())
+    optimizer = make_optimizer(cfg.optim, model.parameters())
     # Both paths run in fp32 (train_step's default), where loss scaling does nothing; on the CPU it is not available.
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     return model, optimizer, scaler
@@ -125,7 +123,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     from vae_runner.data import load_dataset, make_batches
     from vae_runner.errors import UserError
     from vae_runner.atomic import write_json
-    from vae_runner.train import evaluate, resolve_device
+    from vae_runner.build import resolve_device
+    from vae_runner.evaluate import validation_terms
 
     args = parse_args(argv)
     try:
@@ -144,7 +143,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     bs, seed = cfg.train.batch_size, cfg.seed
     project = make_batches(data.train, bs, device, shuffle=True, seed=seed)
-    val_batches = make_batches(data.val, bs, device, shuffle=False, seed=seed)
+    test_batches = make_batches(data.test, bs, device, shuffle=False, seed=seed)
 
     def loader(epoch: int) -> DataLoader:
         """A shuffling DataLoader whose order depends only on (seed, epoch), like the project's batches."""
@@ -175,7 +174,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         "threads": torch.get_num_threads(), "target": TARGET,
     }
     for key, model in (("project", proj_model), ("baseline", base_model)):
-        torch.manual_seed(seed)  # the ELBO samples z, so both models see the same noise on the same test batches
         images = sum(n for n, _ in timings[key])
         seconds = sum(s for _, s in timings[key])
         results[key] = {
@@ -183,7 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "seconds": seconds,
             "images_per_s": images / seconds,
             "epoch_images_per_s": [n / s for n, s in timings[key]],
-            "val_loss": evaluate(model, val_batches, beta=1.0)["loss"],
+            "val_loss": validation_terms(model, test_batches, beta=1.0, seed=seed)["loss"],  # the same seeded noise for both
         }
     results["ratio"] = results["project"]["images_per_s"] / results["baseline"]["images_per_s"]
     results["val_loss_diff"] = results["project"]["val_loss"] - results["baseline"]["val_loss"]

@@ -15,7 +15,9 @@ from omegaconf import DictConfig
 from vae_runner.config import config_dir, register_configs
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# VAE_RUNNER_HIDE_SHARED=1 runs the suite as on a user's fresh clone, where ../shared does not exist (CI runs both).
+HIDE_SHARED_ENV = "VAE_RUNNER_HIDE_SHARED"
+SHARED_DATA = REPO.parent / "shared" / "data" if os.environ.get(HIDE_SHARED_ENV, "") in ("", "0") else REPO / ".no-shared-data"
 
 
 def build_fake_mnist(root: Path, n_train: int = 3000, n_test: int = 500, seed: int = 0) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import pickle
 import signal
@@ -69,10 +70,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(mnist_root: Path, tmp_p
     # Exactly equal on the CPU: same data order, RNG states, optimizer state and deterministic kernels.
     for key in ("val/loss", "val/recon", "val/kl"):
         assert metrics[key] == uninterrupted[key], (key, killed_after)
-    assert metrics["train/steps"] == uninterrupted["train/steps"] == 94  # 2 epochs of ceil(6000 / 128)
+    total = 2 * math.ceil(metrics["data/train_images"] / 128)  # 2 epochs of the training images this data holds
+    assert metrics["train/steps"] == uninterrupted["train/steps"] == total
     # The curves continue at the right step, each step once.
     steps = [s for s, _ in read_scalars(run_dir / "tensorboard")["train/loss"]]
-    assert steps == list(range(1, 95))
+    assert steps == list(range(1, total + 1))
 
 
 def test_sigterm_sigint_and_preemption_checkpoint_and_exit_143_130_140(mnist_root: Path, tmp_path: Path) -> None:

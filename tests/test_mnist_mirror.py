@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import SHARED_DATA
 from vae_runner.data import mnist_mirror
 from vae_runner.data.mnist_mirror import (
     MNIST_MD5,
@@ -25,7 +26,7 @@ from vae_runner.data.mnist_mirror import (
 )
 from vae_runner.errors import DatasetUnavailable
 
-SHARED_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST" / "raw"
+SHARED_RAW = SHARED_DATA / "MNIST" / "raw"
 needs_reference = pytest.mark.skipif(
     not all((SHARED_RAW / name).is_file() for name in MNIST_MD5), reason=f"no reference MNIST copy in {SHARED_RAW}"
 )

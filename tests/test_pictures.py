@@ -10,7 +10,9 @@ from torch import Tensor, nn
 
 from vae_runner.model import VAE
 from vae_runner.pictures import (
+    AXIS_GREY,
     TAB10,
+    _project_2d,
     denoising_grid,
     interpolation,
     latent_scatter,
@@ -18,6 +20,7 @@ from vae_runner.pictures import (
     manifold_grid,
     top_kl_dims,
 )
+from vae_runner.tracking import reconstruction_grid, samples_grid
 
 SIDE = 28
 CELL = SIDE + 2  # one tile plus make_grid's 2 px gutter
@@ -176,3 +179,143 @@ def test_pictures_of_a_cuda_model_come_back_on_the_cpu() -> None:
         latent_scatter(torch.randn(9, 2, device="cuda"), torch.arange(9, device="cuda")),
     ]
     assert [p.device.type for p in pictures] == ["cpu"] * 4
+
+
+# One image, one pair, one point: every picture still comes out, framed like a larger one.
+
+
+def nan_decoder_vae(latent_dim: int = 2) -> VAE:
+    """A tiny VAE whose decoder returns NaN for every pixel, as a diverged run's does."""
+    model = tiny_vae(latent_dim=latent_dim)
+    with torch.no_grad():
+        for param in model.decoder_in.parameters():
+            param.fill_(float("nan"))
+    return model
+
+
+def test_one_pair_interpolation_is_one_row_of_ten() -> None:
+    grid = interpolation(tiny_vae(), torch.rand(1, 1, SIDE, SIDE), None, torch.rand(1, 1, SIDE, SIDE), None, steps=10)
+    assert grid.shape == (3, 32, 302)  # 28 + 2 x 2 px gutters high, 10 x 30 + 2 wide
+
+
+def test_one_step_interpolation_is_one_framed_tile_of_the_start_mean() -> None:
+    model = tiny_vae()
+    x_a = torch.rand(1, 1, SIDE, SIDE)
+    grid = interpolation(model, x_a, None, torch.rand(1, 1, SIDE, SIDE), None, steps=1)
+    assert grid.shape == (3, 32, 32)  # make_grid would return a lone tile bare: (1, 28, 28)
+    with torch.no_grad():
+        start = model.sample(model.encode(x_a)[0])
+    assert (tile(grid, 0, 0)[0] - start[0, 0]).abs().max().item() < 1e-6
+    assert grid[:, :2, :].min().item() == 1.0  # the white top gutter
+
+
+def test_interpolation_refuses_zero_pairs_and_unequal_counts() -> None:
+    model = tiny_vae()
+    with pytest.raises(ValueError, match="at least one"):
+        interpolation(model, torch.rand(0, 1, SIDE, SIDE), None, torch.rand(0, 1, SIDE, SIDE), None)
+    with pytest.raises(ValueError, match="got 1 and 2"):
+        interpolation(model, torch.rand(2, 1, SIDE, SIDE), None, torch.rand(1, 1, SIDE, SIDE), None)
+
+
+def test_traversal_of_one_dimension_in_one_step_is_the_mean_in_one_tile() -> None:
+    model = OnlyZ1Decoder()
+    grid = latent_traversal(model, torch.rand(1, 1, SIDE, SIDE), None, torch.tensor([0.0, 1.0, 0.0, 0.0]), n_dims=1, steps=1)
+    assert grid.shape == (3, 32, 32)
+    # Row 0 is z_1 (highest KL); one step shows its mean -0.25 itself, not -0.25 - span.
+    assert tile(grid, 0, 0)[0, 0, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(-0.25)).item(), abs=1e-6)
+
+
+def test_traversal_uses_the_first_of_a_batch_and_refuses_none() -> None:
+    grid = latent_traversal(OnlyZ1Decoder(), torch.rand(5, 1, SIDE, SIDE), None, torch.ones(4), n_dims=2, steps=3)
+    assert grid.shape == (3, 2 * CELL + 2, 3 * CELL + 2)
+    with pytest.raises(ValueError, match="at least one"):
+        latent_traversal(OnlyZ1Decoder(), torch.rand(0, 1, SIDE, SIDE), None, torch.ones(4))
+    with pytest.raises(ValueError, match="steps=0"):
+        latent_traversal(OnlyZ1Decoder(), torch.rand(1, 1, SIDE, SIDE), None, torch.ones(4), steps=0)
+
+
+def test_nan_kl_dimensions_rank_last() -> None:
+    assert top_kl_dims(torch.tensor([float("nan"), 1.0, 3.0, float("nan")]), 4) == [2, 1, 0, 3]
+
+
+def test_one_image_grids_are_framed_tiles() -> None:
+    one = torch.full((1, 1, SIDE, SIDE), 0.5)
+    assert denoising_grid(one, one, one).shape == (3, 3 * CELL + 2, 32)  # (3, 92, 32)
+    assert reconstruction_grid(one, one).shape == (3, 2 * CELL + 2, 32)  # (3, 62, 32)
+    assert samples_grid(one).shape == (3, 32, 32)
+    assert samples_grid(torch.rand(1, 3, 32, 32)).shape == (3, 36, 36)
+
+
+def test_grids_refuse_zero_images() -> None:
+    none = torch.rand(0, 1, SIDE, SIDE)
+    for make in (lambda: denoising_grid(none, none, none), lambda: reconstruction_grid(none, none), lambda: samples_grid(none)):
+        with pytest.raises(ValueError, match="at least 1"):
+            make()
+
+
+def test_grids_of_nan_and_inf_pixels_are_black_and_white() -> None:
+    x = torch.stack([torch.full((1, SIDE, SIDE), v) for v in (float("nan"), float("inf"), float("-inf"), 0.5)])
+    grid = samples_grid(x, per_row=4)
+    assert [tile(grid, 0, c)[0, 0, 0].item() for c in range(4)] == [0.0, 1.0, 0.0, 0.5]
+    recon = reconstruction_grid(x[:1], x[1:2])
+    assert (tile(recon, 0, 0).max().item(), tile(recon, 1, 0).min().item()) == (0.0, 1.0)
+
+
+def test_manifold_of_a_nan_decoder_is_black_and_finite() -> None:
+    image = manifold_grid(nan_decoder_vae(), n=3)
+    assert image.shape == (1, 3 * SIDE, 3 * SIDE)
+    assert torch.isfinite(image).all() and image.abs().max().item() == 0.0
+
+
+def test_manifold_of_one_tile_and_of_none() -> None:
+    assert manifold_grid(tiny_vae(latent_dim=2), n=1).shape == (1, SIDE, SIDE)
+    with pytest.raises(ValueError, match="n=0"):
+        manifold_grid(tiny_vae(latent_dim=2), n=0)
+
+
+def test_traversal_and_interpolation_of_a_nan_decoder_are_finite() -> None:
+    model = nan_decoder_vae(latent_dim=4)
+    x = torch.rand(1, 1, SIDE, SIDE)
+    traversal = latent_traversal(model, x, None, torch.ones(4), n_dims=2, steps=3)
+    line = interpolation(model, x, None, x, None, steps=4)
+    assert traversal.shape == (3, 62, 92) and line.shape == (3, 32, 122)
+    assert torch.isfinite(traversal).all() and tile(traversal, 1, 2).max().item() == 0.0
+    assert torch.isfinite(line).all() and tile(line, 0, 3).max().item() == 0.0
+
+
+def test_projection_of_one_and_two_points() -> None:
+    assert _project_2d(torch.randn(1, 5)).tolist() == [[0.0, 0.0]]  # one point is its own mean
+    two = _project_2d(torch.tensor([[0.0, 0, 0, 0, 0], [2.0, 0, 0, 0, 0]]))
+    assert two.shape == (2, 2)
+    assert two.abs().tolist() == [[1.0, 0.0], [1.0, 0.0]]  # +-1 along the one direction they differ in
+
+
+def test_scatter_of_one_5_d_point_is_a_dot_at_the_origin() -> None:
+    image = latent_scatter(torch.randn(1, 5), torch.tensor([3]), size=64)
+    class_3 = torch.tensor(TAB10[3]) / 255.0
+    coloured = ((image - class_3.view(3, 1, 1)).abs().amax(dim=0) < 1e-6).nonzero()
+    # The origin is pixel round(31.5) = 32 across and 63 - 32 = 31 down; the dot is 3x3 around it.
+    assert coloured[:, 0].unique().tolist() == [30, 31, 32] and coloured[:, 1].unique().tolist() == [31, 32, 33]
+
+
+def test_scatter_leaves_out_non_finite_means() -> None:
+    mu = torch.tensor([[float("nan"), 0.0], [float("inf"), 1.0], [1.0, 0.0]])
+    image = latent_scatter(mu, torch.tensor([0, 1, 2]), size=64)
+    pixels = {tuple(round(v, 4) for v in px) for px in image.permute(1, 2, 0).reshape(-1, 3).tolist()}
+    colours = [tuple(round(v / 255.0, 4) for v in TAB10[k]) for k in range(3)]
+    assert pixels & set(colours) == {colours[2]}  # classes 0 and 1 had the NaN and the Inf
+    # The one finite mean (1, 0) sets the range to +-1.1: column round(2.1 / 2.2 * 63) = 60, on the z2 = 0 axis at row 31.
+    assert torch.allclose(image[:, 31, 60], torch.tensor(TAB10[2]) / 255.0)
+
+
+def test_scatter_of_only_non_finite_means_is_its_axes() -> None:
+    image = latent_scatter(torch.full((3, 4), float("nan")), torch.tensor([0, 1, 2]), size=64)
+    grey = (image == AXIS_GREY).all(dim=0)
+    assert grey.sum().item() == 2 * 64 - 1  # two 64 px axes crossing at one pixel
+    assert (image == 1.0).all(dim=0).sum().item() == 64 * 64 - 127
+    assert grey[31].all() and grey[:, 32].all()  # z2 = 0 at row 63 - 32, z1 = 0 at column 32
+
+
+def test_scatter_refuses_zero_means() -> None:
+    with pytest.raises(ValueError, match="N >= 1"):
+        latent_scatter(torch.zeros(0, 2))

@@ -8,7 +8,8 @@ import torch
 from vae_runner.errors import UserError
 from vae_runner.model import VAE
 from vae_runner.objective import elbo_terms
-from vae_runner.train import resolve_device, resolve_precision, train_step
+from vae_runner.build import resolve_device, resolve_precision
+from vae_runner.train import train_step
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import shutil
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -20,11 +20,13 @@ from rich.table import Table
 
 from vae_runner.config import SWEPT_ENV, config_dir, register_configs, swept_keys, validate
 from vae_runner.errors import UserError
+from vae_runner.lock import RunLock
+from vae_runner.resume import RESUME_ENV, check_resumable, expand_resume
+from vae_runner.run_dir import RunDir, read_metrics
 
 log = logging.getLogger("vae_runner")
 console = Console()
 EXIT_USER_ERROR = 2
-RESUME_ENV = "VAE_RUNNER_RESUME_SWEEP"  # set by `-m ... resume=true`: finished jobs are skipped
 PLUGINS = {  # config option -> the pip package that provides it, all in the `sweep` extra
     "hydra/launcher=joblib": "hydra-joblib-launcher",
     "hydra/launcher=submitit_local": "hydra-submitit-launcher",
@@ -74,43 +76,33 @@ def print_summary(metrics: dict[str, float], run_dir: Path, title: str = "vae-ru
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
-        integer = name.endswith(("images_per_s", "steps", "epochs", "units"))
+        integer = name.endswith(("images_per_s", "steps", "epochs", "units", "_images"))
         table.add_row(name, f"{value:,.0f}" if integer else f"{value:,.3f}")
     console.print(table)
     console.print(f"run directory: [bold]{run_dir}[/]")
     console.print(f"tensorboard:   tensorboard --logdir {run_dir.parent}")
 
 
-def _remove_if_empty(run_dir: Path) -> None:
-    """Leave no half-written run behind: drop a run directory that holds only Hydra's records and the log."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "vae-run.log", "environment.json", "tensorboard"}:
-        if not (run_dir / "checkpoints").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-
 def run(cfg: DictConfig) -> float:
     """One job: returns the final `val/loss`, the objective Hydra sweepers minimise."""
     # torch-heavy imports after Hydra parsed the command line
     from vae_runner import distributed
-    from vae_runner.train import Interrupted, TrainingDiverged, train
+    from vae_runner.train import Interrupted, TrainingDiverged
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if os.environ.get(RESUME_ENV) and (run_dir / "metrics.json").is_file():
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        log.info("%s finished earlier (val/loss %.3f); skipping it", run_dir, metrics["val/loss"])
-        return metrics["val/loss"]
-    if distributed.world_size() > 1:
-        if not distributed.is_main():  # one voice on the terminal and in the log: rank 0's
-            logging.getLogger().setLevel(logging.WARNING)
-    else:
-        _share_cores(HydraConfig.get().launcher)
+    run_dir = RunDir(Path(HydraConfig.get().runtime.output_dir))
     try:
-        validate(cfg)
-        if distributed.is_main():
-            print_config(cfg)
-        metrics = train(cfg, run_dir)
+        if os.environ.get(RESUME_ENV) and run_dir.metrics.is_file():
+            metrics = read_metrics(run_dir.metrics)
+            log.info("%s finished earlier (val/loss %.3f); skipping it", run_dir.root, metrics.get("val/loss", math.nan))
+            return metrics.get("val/loss", math.nan)
+        if distributed.world_size() > 1:
+            if not distributed.is_main():  # one voice on the terminal and in the log: rank 0's
+                logging.getLogger().setLevel(logging.WARNING)
+        else:
+            _share_cores(HydraConfig.get().launcher)
+        with RunLock(run_dir.lock, str(run_dir.root)) if distributed.is_main() else nullcontext():
+            metrics = _validate_and_train(cfg, run_dir)
     except UserError as err:
-        _remove_if_empty(run_dir)
         fail(str(err))
     except Interrupted as stop:
         fail(str(stop), stop.exit_code)
@@ -118,8 +110,24 @@ def run(cfg: DictConfig) -> float:
         fail(str(err), 1)
     if not distributed.is_main():
         return math.nan
-    print_summary(metrics, run_dir)
+    print_summary(metrics, run_dir.root)
     return metrics["val/loss"]
+
+
+def _validate_and_train(cfg: DictConfig, run_dir: RunDir) -> dict[str, float]:
+    """Check the config, show it, train; a run stopped before it produced anything leaves no directory behind."""
+    from vae_runner import distributed
+    from vae_runner.train import Interrupted, train
+
+    try:
+        validate(cfg)
+        if distributed.is_main():
+            print_config(cfg)
+        return train(cfg, run_dir.root)
+    except (UserError, Interrupted):
+        if run_dir.only_records():
+            shutil.rmtree(run_dir.root, ignore_errors=True)
+        raise
 
 
 # Decorated apart from `run` itself, so that launchers pickle the task by reference (joblib workers
@@ -142,43 +150,6 @@ def _share_cores(launcher: DictConfig) -> None:
 # ------------------------------------------------------------------ before Hydra runs
 
 
-def expand_resume(argv: list[str]) -> list[str]:
-    """`resume=<run_dir>` becomes that run's saved overrides plus `hydra.run.dir=<run_dir>` (later overrides win).
-
-    In a multirun, `resume=true` points the sweep at the latest earlier sweep with
-    the same overrides: finished jobs are skipped, unfinished ones resume.
-    """
-    resume = [a for a in argv if a.split("=", 1)[0].lstrip("+") == "resume"]
-    if not resume:
-        return argv
-    rest = [a for a in argv if a not in resume]
-    value = resume[-1].split("=", 1)[1]
-    if value.lower() == "true":
-        if not {"-m", "--multirun"} & set(argv):
-            raise UserError("resume=true resumes a sweep: add -m, or pass resume=<run_dir> to resume one run.")
-        os.environ[RESUME_ENV] = "1"
-        return [*rest, f"hydra.sweep.dir={_previous_sweep(rest)}"]
-    run_dir = Path(value).expanduser()
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
-        raise UserError(f"resume={run_dir} is not a vae-run run directory (no .hydra/overrides.yaml); pass a folder under outputs/runs/.")
-    previous = [str(o) for o in OmegaConf.load(saved) if not str(o).startswith(("hydra.", "resume=", "+resume="))]
-    return [*previous, *rest, f"hydra.run.dir={run_dir}"]
-
-
-def _previous_sweep(argv: list[str]) -> Path:
-    """The newest sweep under outputs/sweeps/ launched with these overrides."""
-    overrides = sorted(a for a in argv if not a.startswith("-"))
-    candidates = sorted(Path("outputs", "sweeps").glob("*/multirun.yaml"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for multirun in candidates:
-        if sorted(str(o) for o in OmegaConf.load(multirun).hydra.overrides.task) == overrides:
-            return multirun.parent
-    raise UserError(
-        f"resume=true found no earlier sweep with the overrides {' '.join(overrides)} under {Path('outputs', 'sweeps').absolute()}; "
-        f"run the same command from the same folder, or drop resume=true to start a new sweep."
-    )
-
-
 def preflight(argv: list[str]) -> None:
     """Compose the config the way Hydra will, so that a bad key, value or group is one sentence and exit 2, before any work.
 
@@ -194,6 +165,11 @@ def preflight(argv: list[str]) -> None:
         return
     overrides = []
     for override in OverridesParser.create().parse_overrides(args.overrides):
+        if override.is_sweep_override() and not args.multirun:
+            raise UserError(
+                f"{override.input_line} gives several values, which only a sweep runs; add -m "
+                f"(vae-run -m {override.input_line}), or pass one value."
+            )
         if override.is_sweep_override():
             try:
                 overrides.append(f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}")
@@ -206,6 +182,11 @@ def preflight(argv: list[str]) -> None:
     out = cfg.hydra.sweep.dir if args.multirun else cfg.hydra.run.dir
     _check_writable(Path(out), "hydra.sweep.dir" if args.multirun else "hydra.run.dir")
     validate(cfg)
+    from vae_runner.build import check_optimizer
+
+    check_optimizer(cfg.optim)
+    if not args.multirun and Path(out).is_dir():
+        check_resumable(RunDir(Path(out)), cfg)  # before Hydra rewrites its records
 
 
 def _check_writable(folder: Path, key: str) -> None:
@@ -278,7 +259,8 @@ TensorBoard and metrics.json. Overrides apply to the saved config, e.g.
 
 def eval_main(argv: Optional[list[str]] = None) -> None:
     """`vae-eval` entry point."""
-    from vae_runner.train import evaluate_run
+    from vae_runner.evaluate import evaluate_run
+    from vae_runner.train import Interrupted, StopSignals
 
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -289,9 +271,12 @@ def eval_main(argv: Optional[list[str]] = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False, console=console)])
     try:
-        metrics = evaluate_run(run_dir, overrides)
+        with StopSignals(at_once=f"during vae-eval; {run_dir / 'metrics.json'} is unchanged."):
+            metrics = evaluate_run(run_dir, overrides)
     except UserError as err:
         fail(str(err))
+    except Interrupted as stop:
+        fail(str(stop), stop.exit_code)
     print_summary(metrics, run_dir, title="vae-eval: metrics recomputed from checkpoints/last.pt")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import os
@@ -184,8 +185,14 @@ def swept_keys(argv: Optional[list[str]] = None) -> set[str]:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Refuse values the schema's types allow but a run cannot use, with one sentence each."""
+    """Refuse keys the schema does not know and values its types allow but a run cannot use, with one sentence each."""
+    check_known_keys(cfg)
     m, d, t, o = cfg.model, cfg.dataset, cfg.train, cfg.optim
+    if not 0 <= cfg.seed < 2**32:
+        raise UserError(f"seed={cfg.seed} is out of range; use an integer from 0 to 2**32 - 1 (4294967295).")
+    for key in ("hidden_dims", "conv_channels"):
+        if not m[key]:
+            raise UserError(f"model.{key}=[] is empty; list at least one layer width, e.g. model.{key}=[{','.join(map(str, getattr(ModelConfig(), key)))}].")
     _choice("model.arch", m.arch, ARCHS)
     _choice("model.likelihood", m.likelihood, LIKELIHOODS)
     _choice("dataset.name", d.name, DATASETS)
@@ -242,6 +249,35 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"device={cfg.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps.")
     if d.name == "image_folder" and not d.path:
         raise UserError("dataset=image_folder needs dataset.path: pass dataset.path=/folder/of/images.")
+
+
+# Groups whose extra keys are legitimate: optim.* are the optimizer's own arguments (checked against its signature).
+_OPEN_GROUPS = ("optim", "hydra")
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse a key the schema does not know, even one added with `+` (Hydra lets `+model.betta=4` through)."""
+    schema = OmegaConf.structured(Config)
+    for key in _leaf_keys(cfg):
+        if key.split(".", 1)[0] in _OPEN_GROUPS or OmegaConf.select(schema, key, default=_MISSING) is not _MISSING:
+            continue
+        known = [k for k in _leaf_keys(schema) if k.split(".", 1)[0] == key.split(".", 1)[0]]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UserError(f"{key} is not a config key; {hint}README's config table lists the keys.")
+
+
+_MISSING = object()
+
+
+def _leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted names of the config's non-group entries, e.g. model.beta."""
+    keys = []
+    for key in cfg.keys():
+        node = cfg._get_node(key)
+        name = f"{prefix}{key}"
+        keys.extend(_leaf_keys(node, f"{name}.") if isinstance(node, DictConfig) else [name])
+    return keys
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:

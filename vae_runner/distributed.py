@@ -75,6 +75,14 @@ def mean_over_ranks(values: dict[str, torch.Tensor], count: int) -> dict[str, to
     """Means over the whole batch from each rank's means of its `count` rows (unchanged when not distributed)."""
     if not dist.is_initialized():
         return values
-    totals = torch.stack([v.detach().float() * count for v in values.values()] + [torch.tensor(float(count), device=next(iter(values.values())).device)])
+    means = batch_mean(torch.stack([v.detach().float() for v in values.values()]), count)
+    return dict(zip(values, means))
+
+
+def batch_mean(local_mean: torch.Tensor, count: int) -> torch.Tensor:
+    """The whole batch's mean from each rank's mean over its `count` rows, for a tensor of any shape (unchanged when not distributed)."""
+    if not dist.is_initialized():
+        return local_mean
+    totals = torch.cat([local_mean.detach().float().reshape(-1) * count, torch.tensor([float(count)], device=local_mean.device)])
     dist.all_reduce(totals)
-    return {name: totals[i] / totals[-1] for i, name in enumerate(values)}
+    return (totals[:-1] / totals[-1]).view_as(local_mean)

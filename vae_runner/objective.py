@@ -7,7 +7,7 @@ averaged over the batch. They are computed in fp32 whatever the autocast dtype.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -89,17 +89,38 @@ def kl_weight(
     return beta * min(1.0, step / warmup_steps)
 
 
-def elbo_terms(x: Tensor, out: VAEOutput, *, beta: float, likelihood: str, free_bits: float = 0.0) -> dict[str, Tensor]:
+def elbo_terms(
+    x: Tensor,
+    out: VAEOutput,
+    *,
+    beta: float,
+    likelihood: str,
+    free_bits: float = 0.0,
+    kl_batch_mean: Optional[Callable[[Tensor], Tensor]] = None,
+) -> dict[str, Tensor]:
     """Named terms, each a scalar averaged over the batch: `loss` = recon + beta * kl is what is minimised.
 
     `elbo` is the unweighted bound (-(recon + kl)), whatever beta is. With
     `free_bits` > 0 the loss uses max(free_bits, KL of each dimension averaged
     over the batch) in place of the KL (Kingma et al. 2016, Sec. C.8), so a
     dimension below the floor gets no pressure towards the prior; `kl` stays
-    the true KL.
+    the true KL. Under torchrun each process holds a shard of the batch:
+    `kl_batch_mean` maps the shard's per-dimension means to the whole batch's,
+    so the floor applies to the whole batch as in one process.
     """
     recon = recon_nll(x, out.x_params, likelihood, out.log_scale).mean()
     kl_dims = gaussian_kl_per_dim(out.mu, out.logvar)  # (B, D)
     kl = kl_dims.sum(dim=1).mean()
-    penalty = kl_dims.mean(dim=0).clamp(min=free_bits).sum() if free_bits > 0 else kl
+    penalty = kl if free_bits <= 0 else free_bits_kl(kl_dims.mean(dim=0), free_bits, kl_batch_mean)
     return {"loss": recon + beta * penalty, "recon": recon, "kl": kl, "elbo": -(recon + kl)}
+
+
+def free_bits_kl(kl_mean: Tensor, free_bits: float, batch_mean: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+    """sum_d max(free_bits, KL_d) over the per-dimension batch means (D,), with the floor decided on the whole batch's means.
+
+    The value is the whole batch's; the gradient flows through this shard's
+    means, for the dimensions above the floor (in one process: `clamp(min=free_bits).sum()`).
+    """
+    whole = kl_mean.detach() if batch_mean is None else batch_mean(kl_mean.detach())
+    above = whole > free_bits
+    return torch.where(above, kl_mean + (whole - kl_mean).detach(), torch.full_like(kl_mean, free_bits)).sum()

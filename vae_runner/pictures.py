@@ -2,7 +2,9 @@
 
 Every function returns one (C, H, W) float image in [0, 1] on the CPU, ready for
 `SummaryWriter.add_image` (or `Tracker.image`); plots are rasterised with torch,
-so matplotlib is not needed.
+so matplotlib is not needed. One image (or pair, or point) is enough for each;
+none is a ValueError. A model gone non-finite still gives a picture: NaN pixels
+are drawn black, and NaN or Inf means are left out of the scatter plot.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
-from torchvision.utils import make_grid
+
+from vae_runner.tracking import finite_pixels, image_grid
 
 
 Labels = Optional[Union[int, Tensor]]
@@ -55,13 +58,22 @@ def _labels(y: Labels, n: int, device: torch.device) -> Optional[Tensor]:
 
 
 def _grid(images: Tensor, per_row: int) -> Tensor:
-    """Tiles on the CPU with the same white 2 px gutters as the tracking grids."""
-    return make_grid(images.float().cpu(), nrow=per_row, padding=2, pad_value=1.0)
+    """Tiles on the CPU with the same white 2 px gutters as the tracking grids, a single tile included."""
+    return image_grid(images, per_row)
+
+
+def _images(x: Tensor, name: str) -> Tensor:
+    """x as (N, C, H, W), a lone (C, H, W) image included; a ValueError naming `name` when it holds none."""
+    x = x.reshape(-1, *x.shape[-3:]) if x.dim() >= 3 else x
+    if x.dim() != 4 or x.shape[0] == 0:
+        raise ValueError(f"{name} needs at least one (C, H, W) image, got shape {tuple(x.shape)}")
+    return x
 
 
 def top_kl_dims(kl_per_dim: Tensor, n_dims: int = 10) -> list[int]:
-    """Indices of the `n_dims` latent dimensions with the highest KL, highest first (ties keep index order)."""
-    order = torch.argsort(kl_per_dim.detach().float().cpu(), descending=True, stable=True)
+    """Indices of the `n_dims` latent dimensions with the highest KL, highest first (ties keep index order; NaN last)."""
+    # A NaN KL says nothing about a dimension, and argsort would rank it above every number.
+    order = torch.argsort(kl_per_dim.detach().float().cpu().nan_to_num(nan=-torch.inf), descending=True, stable=True)
     return order[: min(n_dims, kl_per_dim.numel())].tolist()
 
 
@@ -79,16 +91,23 @@ def latent_traversal(
     The sweep is in units of the prior's standard deviation (σ = 1). Rows are
     the `n_dims` highest-KL dimensions in `top_kl_dims(kl_per_dim, n_dims)`
     order, so a caller labels row r with that list's r-th entry; `steps`
-    columns. A CVAE decodes with the image's own label y.
+    columns (steps=1: the mean itself). A CVAE decodes with the image's own
+    label y. Of a batch x, the first image is used.
     """
     if kl_per_dim.numel() != model.latent_dim:
         raise ValueError(f"kl_per_dim has {kl_per_dim.numel()} entries but the model has latent_dim={model.latent_dim}")
+    if n_dims < 1 or steps < 1:
+        raise ValueError(f"latent_traversal needs n_dims >= 1 and steps >= 1, got n_dims={n_dims}, steps={steps}")
+    x = _images(x, "latent_traversal")[:1]
     dims = top_kl_dims(kl_per_dim, n_dims)
     with _decoding(model) as device:
-        x = x.reshape(1, *x.shape[-3:]).to(device)
+        x = x.to(device)
         y1 = _labels(y, 1, device)
+        if y1 is not None:
+            y1 = y1[:1]
         mu, _ = model.encode(x, y1)  # (1, D)
-        offsets = torch.linspace(-span, span, steps, device=device)
+        # linspace(-span, span, 1) is [-span]; a one-column traversal shows the mean instead.
+        offsets = torch.linspace(-span, span, steps, device=device) if steps > 1 else torch.zeros(1, device=device)
         z = mu.repeat(len(dims) * steps, 1)  # (R * S, D), row r sweeps dims[r]
         for r, d in enumerate(dims):
             z[r * steps : (r + 1) * steps, d] += offsets
@@ -100,8 +119,13 @@ def interpolation(model: nn.Module, x_a: Tensor, y_a: Labels, x_b: Tensor, y_b: 
     """The line between the posterior means of x_a[i] and x_b[i], decoded: one row per pair, endpoints included.
 
     A CVAE decodes the whole row with the start image's label y_a, so the row
-    shows the latent (style) changing under a fixed class.
+    shows the latent (style) changing under a fixed class. steps=1 shows x_a's mean.
     """
+    x_a, x_b = _images(x_a, "interpolation (x_a)"), _images(x_b, "interpolation (x_b)")
+    if x_a.shape[0] != x_b.shape[0]:
+        raise ValueError(f"interpolation needs as many x_b as x_a images, got {x_b.shape[0]} and {x_a.shape[0]}")
+    if steps < 1:
+        raise ValueError(f"interpolation needs steps >= 1, got {steps}")
     with _decoding(model) as device:
         x_a, x_b = x_a.to(device), x_b.to(device)
         n_pairs = x_a.shape[0]
@@ -126,12 +150,14 @@ def manifold_grid(model: nn.Module, n: int = 20, span: float = 2.0, y: Labels = 
         raise ValueError(f"manifold_grid needs a model with latent_dim=2, got latent_dim={model.latent_dim}")
     if model.num_classes and y is None:
         raise ValueError("manifold_grid needs a class label y for a CVAE (num_classes > 0)")
+    if n < 1:
+        raise ValueError(f"manifold_grid needs n >= 1 tiles a side, got n={n}")
     with _decoding(model) as device:
         z1 = torch.linspace(-span, span, n, device=device)
         z2 = torch.linspace(span, -span, n, device=device)  # top row is z2 = +span, as on a plot
         rows, cols = torch.meshgrid(z2, z1, indexing="ij")
         z = torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=1)  # (n * n, 2), row-major
-        images = model.sample(z, _labels(y, n * n, device)).float().cpu()  # (n * n, C, H, W)
+        images = finite_pixels(model.sample(z, _labels(y, n * n, device)).cpu())  # (n * n, C, H, W)
     _, c, h, w = images.shape
     # (n, n, C, H, W) -> (C, n, H, n, W) -> (C, n * H, n * W): tiles edge to edge, no gutters.
     return images.view(n, n, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, n * h, n * w)
@@ -141,10 +167,14 @@ def _project_2d(mu: Tensor) -> Tensor:
     """(N, D) -> (N, 2): the means themselves for D <= 2 (zero-padded), else their first two principal components."""
     if mu.shape[1] <= 2:
         return torch.nn.functional.pad(mu, (0, 2 - mu.shape[1]))
+    if mu.shape[0] == 0:
+        return mu.new_zeros(0, 2)
     centred = mu - mu.mean(dim=0)
     # Full SVD rather than pca_lowrank: deterministic, and D is small.
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    return centred @ vh[:2].T
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: (min(N, D), D)
+    # N = 1 gives one component, not two: pad the missing coordinate with 0 (one point sits at the origin anyway).
+    pts = centred @ vh[:2].T
+    return torch.nn.functional.pad(pts, (0, 2 - pts.shape[1]))
 
 
 def latent_scatter(mu: Tensor, labels: Optional[Tensor] = None, size: int = 512, num_classes: int = 10) -> Tensor:
@@ -155,28 +185,39 @@ def latent_scatter(mu: Tensor, labels: Optional[Tensor] = None, size: int = 512,
     tab10, cycled past 10 classes; labels None draws every point in blue.
     White background, light grey axes through 0, a 3x3 px dot per point; the
     plotted range is symmetric about 0, the largest |coordinate| plus 10 %.
-    Points are drawn in order, so later points cover earlier ones.
+    Points are drawn in order, so later points cover earlier ones. A mean
+    holding NaN or Inf is left out (before the projection, which it would
+    poison); when none is left the plot is its axes alone.
     """
-    pts = _project_2d(mu.detach().float().cpu())  # (N, 2)
+    mu = mu.detach().float().cpu()
+    if mu.dim() != 2 or mu.shape[0] == 0:
+        raise ValueError(f"latent_scatter needs (N, D) means with N >= 1, got shape {tuple(mu.shape)}")
+    keep = torch.isfinite(mu).all(dim=1)  # (N,)
+    pts = _project_2d(mu[keep])  # (N', 2)
+    # Finite means can still project past float32's range (|mu| near 3e38): drop those too.
+    keep_pts = torch.isfinite(pts).all(dim=1)
+    pts = pts[keep_pts].double()  # double: reach (1.1 x the largest coordinate) must not overflow
     reach = pts.abs().max().item() * 1.1 if pts.numel() else 0.0
-    reach = reach if reach > 0 else 1.0
+    reach = reach if 0 < reach < float("inf") else 1.0
 
     def to_pixel(v: Tensor) -> Tensor:
         return ((v + reach) / (2 * reach) * (size - 1)).round().long().clamp(0, size - 1)
 
     image = torch.ones(3, size, size)
     origin = to_pixel(torch.zeros(()))
-    image[:, origin, :] = AXIS_GREY
+    image[:, (size - 1) - origin, :] = AXIS_GREY  # flipped like the points' rows, so z2 = 0 lies on this axis
     image[:, :, origin] = AXIS_GREY
 
     palette = torch.tensor(TAB10, dtype=torch.float32) / 255.0  # (10, 3)
     if labels is None:
         colours = palette[0].expand(pts.shape[0], 3)
     else:
-        labels = labels.detach().cpu().long()
-        if labels.numel() and not 0 <= labels.min().item() <= labels.max().item() < num_classes:
+        labels = labels.detach().cpu().long().reshape(-1)
+        if labels.numel() != mu.shape[0]:
+            raise ValueError(f"latent_scatter got {labels.numel()} labels for {mu.shape[0]} means")
+        if not 0 <= labels.min().item() <= labels.max().item() < num_classes:
             raise ValueError(f"latent_scatter got labels outside [0, {num_classes}); pass num_classes")
-        colours = palette[labels % len(TAB10)]  # (N, 3)
+        colours = palette[labels[keep][keep_pts] % len(TAB10)]  # (N', 3)
     cols = to_pixel(pts[:, 0])
     rows = (size - 1) - to_pixel(pts[:, 1])  # image rows grow downwards, z2 grows upwards
     for dr in (-1, 0, 1):
@@ -189,5 +230,7 @@ def latent_scatter(mu: Tensor, labels: Optional[Tensor] = None, size: int = 512,
 
 def denoising_grid(noisy: Tensor, recon: Tensor, clean: Tensor, n: int = 8) -> Tensor:
     """Three rows: noisy inputs, their reconstructions, and the clean targets."""
-    n = min(n, noisy.shape[0])
+    n = min(n, noisy.shape[0], recon.shape[0], clean.shape[0])
+    if n < 1:
+        raise ValueError(f"denoising_grid needs at least 1 image in each of noisy, recon, clean, got {noisy.shape[0]}, {recon.shape[0]}, {clean.shape[0]}")
     return _grid(torch.cat([noisy[:n].float().cpu(), recon[:n].float().cpu(), clean[:n].float().cpu()]), n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -11,7 +12,8 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
-from torchvision.utils import make_grid
+
+log = logging.getLogger(__name__)
 
 # Metric columns of the HParams table; a run without one (no held-out class, say) leaves it blank.
 HPARAM_METRICS = (
@@ -27,19 +29,37 @@ class Tracker:
         # purge_step: TensorBoard discards this run's earlier events at steps >= it (used on resume).
         # log_dir None: a tracker that writes nothing (the ranks other than 0 of a torchrun job).
         self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=10, purge_step=purge_step) if log_dir else None
+        self._warned: set[str] = set()  # tags already warned about non-finite values: one warning each, not one per step
+
+    def _warn_once(self, tag: str, message: str, *args: object) -> None:
+        """Log a warning about `tag` the first time only."""
+        if tag not in self._warned:
+            self._warned.add(tag)
+            log.warning(message, *args)
 
     def scalars(self, split: str, values: Mapping[str, float | Tensor], step: int) -> None:
-        """Log each value as `split/name` at this step."""
+        """Log each value as `split/name` at this step; a NaN or Inf is skipped (TensorBoard's charts cannot draw it)."""
         if self.writer is None:
             return
         for name, value in values.items():
-            self.writer.add_scalar(f"{split}/{name}", value.item() if isinstance(value, Tensor) else value, step)
+            tag = f"{split}/{name}"
+            number = float(value.item() if isinstance(value, Tensor) else value)
+            if not math.isfinite(number):
+                self._warn_once(tag, "%s is %s at step %d; not written to TensorBoard (later non-finite values of it are skipped silently)", tag, number, step)
+                continue
+            self.writer.add_scalar(tag, number, step)
 
     def histogram(self, tag: str, values: Tensor, step: int) -> None:
-        """Log the distribution of a tensor's values."""
+        """Log the distribution of a tensor's finite values; nothing when none is finite (add_histogram raises on NaN or Inf)."""
         if self.writer is None:
             return
-        self.writer.add_histogram(tag, values.detach().float().cpu(), step)
+        values = values.detach().float().cpu().reshape(-1)
+        finite = values[torch.isfinite(values)]
+        if finite.numel() < values.numel():
+            self._warn_once(tag, "%s has %d non-finite values of %d at step %d; the histogram shows the finite ones only", tag, values.numel() - finite.numel(), values.numel(), step)
+        if finite.numel() == 0:
+            return
+        self.writer.add_histogram(tag, finite, step)
 
     def layout(self) -> None:
         """A Custom Scalars page with each run's reconstruction and KL terms side by side on one chart."""
@@ -55,10 +75,13 @@ class Tracker:
         )
 
     def image(self, tag: str, grid: Tensor, step: int) -> None:
-        """Log one (C, H, W) image in [0, 1]."""
+        """Log one (C, H, W) image in [0, 1]; NaN pixels become 0 and +-Inf the nearest end of the range."""
         if self.writer is None:
             return
-        self.writer.add_image(tag, grid.clamp(0, 1).cpu(), step)
+        grid = grid.detach().float().cpu()
+        if not bool(torch.isfinite(grid).all()):
+            self._warn_once(tag, "%s has non-finite pixels at step %d; NaN is drawn black, +Inf white", tag, step)
+        self.writer.add_image(tag, finite_pixels(grid), step)
 
     def hparams(self, hparams: Mapping[str, object], shown: Sequence[str] = (), metrics: Sequence[str] = HPARAM_METRICS) -> None:
         """Declare this run's hyper-parameters for the HParams tab, with `shown` among the columns displayed by default.
@@ -90,15 +113,50 @@ class Tracker:
         self.writer.close()
 
 
+def finite_pixels(image: Tensor) -> Tensor:
+    """Pixels in [0, 1] whatever came in: NaN becomes 0, +Inf 1, -Inf 0 (torch.nan_to_num, then a clamp)."""
+    return torch.nan_to_num(image.float()).clamp(0, 1)
+
+
+def image_grid(images: Tensor, per_row: int) -> Tensor:
+    """(N, C, H, W) tiled `per_row` to a row with white 2 px gutters: (C', H', W') on the CPU, C' = 3 for grey.
+
+    The layout of torchvision's make_grid, except that one image is framed
+    like any other (make_grid returns a lone image bare, without gutters or
+    RGB), and non-finite pixels are made drawable with `finite_pixels`.
+    """
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"an image grid needs (N, C, H, W) images with N >= 1, got shape {tuple(images.shape)}")
+    if per_row < 1:
+        raise ValueError(f"an image grid needs per_row >= 1, got {per_row}")
+    images = finite_pixels(images.detach().cpu())
+    n, c, h, w = images.shape
+    if c == 1:
+        images, c = images.expand(n, 3, h, w), 3  # grey as RGB, as make_grid does
+    cols = min(per_row, n)
+    rows = math.ceil(n / cols)
+    cells = torch.ones(rows * cols, c, h + 2, w + 2)  # each tile with its right and bottom gutter; spare cells stay white
+    cells[:n, :, :h, :w] = images
+    # (R * K, C, H + 2, W + 2) -> (C, R, H + 2, K, W + 2) -> (C, R * (H + 2), K * (W + 2)), then the top and left gutter.
+    grid = cells.view(rows, cols, c, h + 2, w + 2).permute(2, 0, 3, 1, 4).reshape(c, rows * (h + 2), cols * (w + 2))
+    return torch.nn.functional.pad(grid, (2, 0, 2, 0), value=1.0)
+
+
 def reconstruction_grid(x: Tensor, recon: Tensor, n: int = 8) -> Tensor:
     """Inputs on the top row, their reconstructions below: (C, H', W')."""
-    n = min(n, x.shape[0])
-    return make_grid(torch.cat([x[:n], recon[:n]]).float().cpu(), nrow=n, padding=2, pad_value=1.0)
+    n = min(n, x.shape[0], recon.shape[0])
+    if n < 1:
+        raise ValueError(f"reconstruction_grid needs at least 1 image, got x of shape {tuple(x.shape)} and recon of shape {tuple(recon.shape)}")
+    return image_grid(torch.cat([x[:n].float().cpu(), recon[:n].float().cpu()]), n)
 
 
 def samples_grid(samples: Tensor, per_row: int = 8) -> Tensor:
     """Samples from the prior laid out `per_row` to a row (for a CVAE: one row per class)."""
-    return make_grid(samples.float().cpu(), nrow=per_row, padding=2, pad_value=1.0)
+    if samples.shape[0] == 0:
+        raise ValueError("samples_grid needs at least 1 sample, got 0")
+    return image_grid(samples, per_row)
 
 
 def prior_latents(latent_dim: int, num_classes: int, per_row: int = 8, seed: int = 0) -> tuple[Tensor, Optional[Tensor]]:

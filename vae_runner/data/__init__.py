@@ -1,20 +1,25 @@
-"""Data: files -> uint8 tensors on the training device -> normalised batches."""
+"""Data: files -> train / validation / test uint8 tensors on the training device -> normalised batches."""
 
 from vae_runner.data.batches import Batch, StreamingBatches, TensorBatches, corrupt, make_batches, to_unit_float
-from vae_runner.data.datasets import DatasetInfo, LoadedData, Split, binarize_split, load_dataset, select_classes, take
+from vae_runner.data.datasets import DatasetInfo, LoadedData, load_dataset
+from vae_runner.data.memory import available_memory
+from vae_runner.data.splits import SPLIT_SEED, Split, binarize_split, select_classes, stratified_subset, take
 
 __all__ = [
+    "SPLIT_SEED",
     "Batch",
     "DatasetInfo",
     "LoadedData",
     "Split",
     "StreamingBatches",
     "TensorBatches",
+    "available_memory",
     "binarize_split",
     "corrupt",
-    "select_classes",
-    "take",
     "load_dataset",
     "make_batches",
+    "select_classes",
+    "stratified_subset",
+    "take",
     "to_unit_float",
 ]

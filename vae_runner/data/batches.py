@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from vae_runner.data.datasets import Split, collate_images
+from vae_runner.data.folders import collate_images
+from vae_runner.data.splits import Split
 
 Batch = tuple[Tensor, Optional[Tensor]]  # images (B, C, H, W) float in [0, 1], labels (B,) or None
 

@@ -1,32 +1,31 @@
-"""Read MNIST, Fashion-MNIST, CIFAR-10 and image folders into uint8 tensors, once."""
+"""Read MNIST, Fashion-MNIST, CIFAR-10 and image folders into train, validation and test uint8 tensors, once.
+
+The split convention: test is the dataset's own test split; validation is a
+`val_fraction` share held out from the training images; which image lands where
+depends on `SPLIT_SEED` alone, never on the run's seed.
+"""
 
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from vae_runner.data.folders import UNREADABLE, ImageFiles, Listing, collate_images, decode_all, decode_bytes, list_images
+from vae_runner.data.idx import FORMATS, missing_files, read_mnist_format
+from vae_runner.data.memory import require_memory, resize_plan
+from vae_runner.data.splits import SPLIT_SEED, Split, binarize_split, hold_out, holdout_size, select_classes, stratified_indices, take
 from vae_runner.errors import DatasetUnavailable, UserError
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Split:
-    """One split in memory: images (N, C, H, W) uint8 and labels (N,) int64, or None when unlabelled."""
-
-    images: Tensor
-    labels: Optional[Tensor]
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
+# Re-exported: older code imports these from here.
+__all__ = ["DatasetInfo", "LoadedData", "Split", "binarize_split", "collate_images", "load_dataset", "select_classes", "take"]
 
 
 @dataclass
@@ -42,12 +41,12 @@ class DatasetInfo:
 
 @dataclass
 class LoadedData:
-    """Train and validation splits: `Split`s in memory, or torch Datasets of uint8 images that stream."""
+    """Train, validation and test splits: `Split`s in memory, or torch Datasets of uint8 images that stream."""
 
     info: DatasetInfo
     train: Split | Dataset
-    val: Split | Dataset
-    test: Optional[Split | Dataset] = None  # the final evaluation's split; None: the same as val
+    val: Split | Dataset  # held out from the training images; tuning and sweeps look at this
+    test: Split | Dataset  # the dataset's own test split; only the final evaluation looks at this
 
 
 def load_dataset(
@@ -59,97 +58,107 @@ def load_dataset(
     channels: Optional[int] = None,
     train_samples: Optional[int] = None,
     val_samples: Optional[int] = None,
+    test_samples: Optional[int] = None,
     val_fraction: float = 0.1,
     max_memory_mb: int = 4096,
     num_workers: int = 2,
     seed: int = 0,
 ) -> LoadedData:
-    """Load a dataset's train and test splits; validation uses the test split."""
-    if name in ("mnist", "fashion_mnist"):
-        train, val, classes = _load_mnist_like(name, Path(root).expanduser())
+    """Train, validation (held out from the training images) and test splits, each capped by a class-balanced subset.
+
+    `seed` is the run's seed; nothing here depends on it: the partition and the
+    subsets use SPLIT_SEED, so runs with different seeds see the same images.
+    """
+    del seed  # accepted so that callers can pass the run's seed; see the docstring
+    if not 0 < val_fraction < 1:
+        raise UserError(f"dataset.val_fraction={val_fraction} must lie strictly between 0 and 1.")
+    caps = {"dataset.train_samples": train_samples, "dataset.val_samples": val_samples, "eval.test_samples": test_samples}
+    for key, n in caps.items():
+        if n is not None and n < 1:
+            raise UserError(f"{key}={n} must be at least 1; leave it unset (null) to use every image.")
+    root_dir = Path(root).expanduser()
+    if name in FORMATS:
+        train, test, classes = _load_mnist_like(name, root_dir)
+        where = f"{name} in {root_dir / FORMATS[name][0] / 'raw'}"
     elif name == "cifar10":
-        jpeg_tree = Path(root).expanduser() / "cifar10-jpeg"
-        if (jpeg_tree / "train").is_dir() and not (Path(root).expanduser() / "cifar-10-batches-py").is_dir():
+        jpeg_tree = root_dir / "cifar10-jpeg"
+        if (jpeg_tree / "train").is_dir() and not (root_dir / "cifar-10-batches-py").is_dir():
             # The JPEG re-encoding of CIFAR-10 laid out as an image tree (see README).
             return _load_image_folder(
-                str(jpeg_tree), "cifar10", image_size or 32, channels or 3, train_samples, val_samples,
-                val_fraction, max_memory_mb, num_workers, seed,
+                str(jpeg_tree), "cifar10", image_size or 32, channels or 3, (train_samples, val_samples, test_samples),
+                val_fraction, max_memory_mb, num_workers,
             )
-        train, val, classes = _load_cifar10(Path(root).expanduser())
+        train, test, classes = _load_cifar10(root_dir)
+        where = f"cifar10 in {root_dir}"
     elif name == "image_folder":
         if not path:
             raise UserError("dataset=image_folder needs dataset.path: pass dataset.path=/folder/of/images.")
         return _load_image_folder(
-            path, "image_folder", image_size or 64, channels or 3, train_samples, val_samples,
-            val_fraction, max_memory_mb, num_workers, seed,
+            path, "image_folder", image_size or 64, channels or 3, (train_samples, val_samples, test_samples),
+            val_fraction, max_memory_mb, num_workers,
         )
     else:
         raise UserError(f"dataset.name={name!r} is unknown; use mnist, fashion_mnist, cifar10 or image_folder.")
 
-    train, val = take(train, train_samples), take(val, val_samples)
+    if len(train) < 2 or len(test) < 1:
+        raise DatasetUnavailable(
+            f"{where} holds {len(train)} training and {len(test)} test image(s): too few to hold out a validation "
+            f"image and still train; it needs at least 2 training images and 1 test image."
+        )
+    kept, held = hold_out(len(train), holdout_size(len(train), val_fraction), SPLIT_SEED)
+    train, val, test = (
+        split.index(idx[stratified_indices(None if split.labels is None else split.labels[idx], len(idx), n, SPLIT_SEED)])
+        for split, idx, n in ((train, kept, train_samples), (train, held, val_samples), (test, torch.arange(len(test)), test_samples))
+    )
     if image_size is not None and image_size != train.images.shape[-1]:
-        train, val = _resize(train, image_size), _resize(val, image_size)
+        train, val, test = _resize_splits([train, val, test], image_size)
     info = DatasetInfo(name, train.images.shape[1], train.images.shape[-1], len(classes), classes)
-    return LoadedData(info, train, val)
+    return LoadedData(info, train, val, test)
 
 
-def binarize_split(split: Split, seed: int) -> Split:
-    """Static binarisation: each pixel becomes 0 or 255 with probability intensity/255, sampled once with this seed."""
-    g = torch.Generator().manual_seed(seed)
-    on = torch.rand(split.images.shape, generator=g) * 255 < split.images.float()
-    return Split(on.to(torch.uint8) * 255, split.labels)
+def _resize_splits(splits: list[Split], size: int) -> list[Split]:
+    """Resize uint8 images with antialiasing, once at load time, in float chunks; refused up front when it cannot fit."""
+    n, (c, h, w) = sum(len(s) for s in splits), splits[0].images.shape[1:]
+    needed, chunk = resize_plan(n, c, h, w, size)
+    require_memory(
+        needed, f"{n:,} images of {c}x{size}x{size}", size,
+        f"use a smaller dataset.image_size, or leave it unset for the native {h}x{w}",
+    )
+    out = []
+    for split in splits:
+        resized = torch.empty((len(split), c, size, size), dtype=torch.uint8)
+        for start in range(0, len(split), chunk):
+            x = split.images[start : start + chunk].float()
+            y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            resized[start : start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
+        out.append(Split(resized, split.labels))
+    return out
 
 
-def select_classes(split: Split, classes: Sequence[int], keep: bool) -> Split:
-    """The images whose label is (keep=True) or is not (keep=False) among `classes`."""
-    if split.labels is None:
-        raise UserError("dataset.holdout_classes needs a labelled dataset; this one has no labels.")
-    inside = torch.isin(split.labels, torch.tensor(list(classes), dtype=split.labels.dtype))
-    mask = inside if keep else ~inside
-    return Split(split.images[mask], split.labels[mask])
-
-
-def take(split: Split, n: Optional[int]) -> Split:
-    """The first n images (all when n is None)."""
-    if n is None or n >= len(split):
-        return split
-    return Split(split.images[:n], None if split.labels is None else split.labels[:n])
-
-
-def _resize(split: Split, size: int) -> Split:
-    """Resize uint8 images with antialiasing (done once, at load time)."""
-    resized = F.interpolate(split.images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return Split(resized.round().clamp(0, 255).to(torch.uint8), split.labels)
-
-
-# ---------------------------------------------------------------- torchvision datasets
+# ---------------------------------------------------------------- MNIST-format and CIFAR-10 files
 
 
 def _load_mnist_like(name: str, root: Path) -> tuple[Split, Split, list[str]]:
-    from torchvision import datasets
+    """(train, test, class names) from <root>/<MNIST|FashionMNIST>/raw/, fetched when missing, checked before use."""
+    folder, title, _, classes = FORMATS[name]
+    raw = root / folder / "raw"
+    if missing_files(raw):
+        from torchvision import datasets
 
-    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-    folder = root / cls.__name__ / "raw"
-
-    def read(train: bool) -> datasets.MNIST:
-        return cls(str(root), train=train, download=False)
-
-    try:
-        splits = read(True), read(False)
-    except RuntimeError:
-        _fetch(name, folder, lambda: cls(str(root), train=True, download=True))
-        if name == "mnist" and not _readable(read):
+        cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+        _fetch(name, raw, lambda: cls(str(root), train=True, download=True))
+        if name == "mnist" and missing_files(raw):
             from vae_runner.data.mnist_mirror import fetch_mnist_from_mirror
 
             fetch_mnist_from_mirror(root)
-        if not _readable(read):
+        missing = missing_files(raw)
+        if missing:
             raise DatasetUnavailable(
-                f"{name} could not be found or downloaded: no idx files in {folder}; copy the four "
-                f"{cls.__name__} idx files (e.g. train-images-idx3-ubyte) there, or point dataset.root at "
-                f"a folder that holds {cls.__name__}/raw/."
-            ) from None
-        splits = read(True), read(False)
-    return (*(Split(s.data.unsqueeze(1).contiguous(), s.targets.long()) for s in splits), list(splits[0].classes))
+                f"{name} could not be found or downloaded: {', '.join(missing)} missing from {raw}; copy the four "
+                f"{title} idx files there, or point dataset.root at a folder that holds {folder}/raw/."
+            )
+    train, test = read_mnist_format(raw, name)
+    return train, test, list(classes)
 
 
 def _load_cifar10(root: Path) -> tuple[Split, Split, list[str]]:
@@ -162,13 +171,14 @@ def _load_cifar10(root: Path) -> tuple[Split, Split, list[str]]:
         splits = read(True), read(False)
     except RuntimeError:
         _fetch("cifar10", root, lambda: datasets.CIFAR10(str(root), train=True, download=True))
-        if not _readable(read):
+        try:
+            splits = read(True), read(False)
+        except RuntimeError:
             raise DatasetUnavailable(
                 f"cifar10 could not be found or downloaded in {root}; put torchvision's cifar-10-batches-py/ "
                 f"or a cifar10-jpeg/{{train,test}}/<class>/ image tree there, or point dataset.root at the "
                 f"folder that holds one."
             ) from None
-        splits = read(True), read(False)
     # (N, H, W, C) numpy -> (N, C, H, W) tensor
     return (
         *(Split(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets)) for s in splits),
@@ -185,65 +195,7 @@ def _fetch(name: str, folder: Path, download: Callable[[], object]) -> None:
         log.info("download of %s failed: %s", name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
-def _readable(read: Callable[[bool], object]) -> bool:
-    try:
-        read(True), read(False)
-    except RuntimeError:
-        return False
-    return True
-
-
 # ---------------------------------------------------------------- image folders
-
-
-class ImageFiles(Dataset):
-    """Image files decoded to uint8 (C, S, S) tensors; unreadable files yield None and are skipped."""
-
-    def __init__(self, files: Sequence[str], labels: Optional[Sequence[int]], image_size: int, channels: int):
-        from torchvision.transforms import v2
-
-        self.files, self.labels = list(files), None if labels is None else list(labels)
-        self.mode = "L" if channels == 1 else "RGB"
-        self.transform = v2.Compose([v2.PILToTensor(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> Optional[tuple[Tensor, int]]:
-        from PIL import Image
-
-        try:
-            with Image.open(self.files[i]) as img:
-                image = self.transform(img.convert(self.mode))
-        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError ... on bad files
-            log.warning("skipping unreadable image %s (%s)", self.files[i], exc)
-            return None
-        return image, (-1 if self.labels is None else self.labels[i])
-
-
-def collate_images(batch: list[Optional[tuple[Tensor, int]]]) -> tuple[Tensor, Tensor]:
-    """Stack decoded images into a uint8 batch, dropping the ones that failed to decode."""
-    batch = [b for b in batch if b is not None]
-    if not batch:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
-    return torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
-
-
-def _list_images(folder: Path) -> tuple[list[str], Optional[list[int]], list[str]]:
-    """Files under `folder`: labelled by class subfolder (ImageFolder's layout) or flat and unlabelled."""
-    from torchvision.datasets import ImageFolder
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    if any(p.is_dir() for p in folder.iterdir()):
-        try:
-            tree = ImageFolder(str(folder), allow_empty=True)
-        except (FileNotFoundError, RuntimeError):
-            tree = None
-        if tree is not None and tree.samples:
-            files, labels = zip(*tree.samples)
-            return list(files), list(labels), list(tree.classes)
-    files = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-    return files, None, []
 
 
 def _load_image_folder(
@@ -251,67 +203,109 @@ def _load_image_folder(
     name: str,
     image_size: int,
     channels: int,
-    train_samples: Optional[int],
-    val_samples: Optional[int],
+    caps: tuple[Optional[int], Optional[int], Optional[int]],
     val_fraction: float,
     max_memory_mb: int,
     num_workers: int,
-    seed: int,
 ) -> LoadedData:
+    """Train/val/test from train/ + test/ (or val/) subfolders, or held out of one folder; decoded now, or streamed when large."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise DatasetUnavailable(f"dataset.path={path} is not a folder; point it at a folder of images.")
-    if (folder / "train").is_dir() and any((folder / s).is_dir() for s in ("test", "val")):
-        test_dir = folder / "test" if (folder / "test").is_dir() else folder / "val"
-        train_files, train_labels, classes = _list_images(folder / "train")
-        val_files, val_labels, _ = _list_images(test_dir)
+    sub = next((s for s in ("test", "val") if (folder / s).is_dir()), None) if (folder / "train").is_dir() else None
+    if sub is not None:
+        train_list, test_list = list_images(folder / "train"), list_images(folder / sub)
+        # train/ + val/ + test/: the user's own validation split is used as it is.
+        val_list = list_images(folder / "val") if sub == "test" and (folder / "val").is_dir() else None
+        listings = [x for x in (train_list, val_list, test_list) if x is not None]
+        counts = [len(x.files) for x in listings]
+        if len(train_list.files) < (1 if val_list else 2) or min(counts[1:]) < 1:
+            held = "" if val_list else "hold out a validation image and "
+            raise DatasetUnavailable(
+                f"dataset.path={path} holds {', '.join(f'{n} image(s) in {x.folder.name}/' for n, x in zip(counts, listings))}: "
+                f"too few to {held}train; it needs at least {1 if val_list else 2} in train/ and 1 in each other split folder."
+            )
+        for other in listings[1:]:
+            _align_classes(other, train_list, path)
+        files = _files(train_list, image_size, channels)
+        test = _files(test_list, image_size, channels)
+        if val_list is not None:
+            train, val = files, _files(val_list, image_size, channels)
+        else:
+            kept, held_idx = hold_out(len(files), holdout_size(len(files), val_fraction), SPLIT_SEED)
+            train, val = files.subset(kept), files.subset(held_idx)
+        sources = {"train": train_list, "val": val_list or train_list, "test": test_list}
     else:
-        files, labels, classes = _list_images(folder)
-        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
-        n_val = max(1, round(len(files) * val_fraction)) if len(files) > 1 else 0
-        val_idx, train_idx = order[:n_val], order[n_val:]
-        train_files, val_files = [files[i] for i in train_idx], [files[i] for i in val_idx]
-        train_labels = None if labels is None else [labels[i] for i in train_idx]
-        val_labels = None if labels is None else [labels[i] for i in val_idx]
-    if not train_files or not val_files:
-        raise DatasetUnavailable(
-            f"dataset.path={path} holds {len(train_files) + len(val_files)} image(s); it needs at least two "
-            f"(png, jpg, ...), directly or in class subfolders."
+        listing = list_images(folder)
+        listings, n = [listing], len(listing.files)
+        if n < 3:
+            raise DatasetUnavailable(
+                f"dataset.path={path} holds {n} image(s): too few to hold out a validation image and a test image "
+                f"and still train; it needs at least 3 (png, jpg, ...), directly or in class subfolders."
+            )
+        files = _files(listing, image_size, channels)
+        # Test first, then validation out of the rest: a different seed for each, both fixed.
+        rest, test_idx = hold_out(n, holdout_size(n, val_fraction), SPLIT_SEED + 1)
+        kept, held_idx = hold_out(len(rest), holdout_size(len(rest), val_fraction), SPLIT_SEED)
+        train, val, test = files.subset(rest[kept]), files.subset(rest[held_idx]), files.subset(test_idx)
+        sources = {"train": listing, "val": listing, "test": listing}
+
+    splits = {
+        key: split.subset(stratified_indices(split.labels, len(split), cap, SPLIT_SEED))
+        for (key, split), cap in zip({"train": train, "val": val, "test": test}.items(), caps)
+    }
+    info = DatasetInfo(name, channels, image_size, len(listings[0].classes), listings[0].classes)
+    n_images = sum(len(s) for s in splits.values())
+    if n_images * channels * image_size**2 > max_memory_mb * 2**20:
+        log.info(
+            "%s: %.0f MB of pixels exceed dataset.max_memory_mb=%d; streaming from disk",
+            path, n_images * channels * image_size**2 / 2**20, max_memory_mb,
         )
-    train_files, train_labels = _subset(train_files, train_labels, train_samples, seed)
-    val_files, val_labels = _subset(val_files, val_labels, val_samples, seed)
+        for listing in listings:
+            listing.report()
+        return LoadedData(info, splits["train"], splits["val"], splits["test"])
 
-    info = DatasetInfo(name, channels, image_size, len(classes), classes)
-    train = ImageFiles(train_files, train_labels, image_size, channels)
-    val = ImageFiles(val_files, val_labels, image_size, channels)
-    n_bytes = (len(train) + len(val)) * channels * image_size * image_size
-    if n_bytes > max_memory_mb * 2**20:
-        log.info("%s: %.0f MB of pixels exceed dataset.max_memory_mb=%d; streaming from disk", path, n_bytes / 2**20, max_memory_mb)
-        return LoadedData(info, train, val)
-    log.info("decoding %d images from %s", len(train) + len(val), path)
-    return LoadedData(info, _decode_all(train, num_workers), _decode_all(val, num_workers))
+    require_memory(
+        decode_bytes(n_images, channels, image_size, num_workers), f"{n_images:,} decoded images of {channels}x{image_size}x{image_size}",
+        image_size, f"use a smaller dataset.image_size, or a dataset.max_memory_mb below {n_images * channels * image_size**2 // 2**20} so the images stream from disk",
+    )
+    log.info("decoding %d images from %s", n_images, path)
+    decoded = {}
+    for key, split in splits.items():
+        split.warn_each = False  # counted in the folder's one summary line instead
+        decoded[key], failed = decode_all(split, num_workers)
+        if failed:
+            sources[key].skipped[UNREADABLE] += failed
+    for listing in listings:
+        listing.report()
+    for key, split in decoded.items():
+        if len(split) == 0:
+            raise DatasetUnavailable(
+                f"dataset.path={path}: none of the {len(splits[key])} {key} image(s) could be read "
+                f"(e.g. {splits[key].files[0]}); check the files' format."
+            )
+    return LoadedData(info, decoded["train"], decoded["val"], decoded["test"])
 
 
-def _subset(files: list[str], labels: Optional[list[int]], n: Optional[int], seed: int) -> tuple[list[str], Optional[list[int]]]:
-    """A seeded random subset of n files, in their original order (folders are sorted by class, so not the first n)."""
-    if n is None or n >= len(files):
-        return files, labels
-    keep = sorted(torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n].tolist())
-    return [files[i] for i in keep], None if labels is None else [labels[i] for i in keep]
+def _files(listing: Listing, image_size: int, channels: int) -> ImageFiles:
+    return ImageFiles(listing.files, listing.labels, image_size, channels)
 
 
-def _decode_all(files: ImageFiles, num_workers: int) -> Split:
-    """Decode every image once, in parallel workers, into one uint8 tensor."""
-    loader = DataLoader(files, batch_size=256, num_workers=num_workers, collate_fn=collate_images)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # e.g. "This DataLoader will create N workers" on small machines
-        parts = list(loader)
-    images = torch.cat([p[0] for p in parts])
-    labels = torch.cat([p[1] for p in parts])
-    skipped = len(files) - images.shape[0]
-    if skipped:
-        log.warning("skipped %d unreadable image(s) of %d", skipped, len(files))
-    if images.shape[0] == 0:
-        raise DatasetUnavailable(f"none of the {len(files)} images could be read; check the files' format.")
-    return Split(images, None if files.labels is None else labels)
-
+def _align_classes(other: Listing, train: Listing, path: str) -> None:
+    """Give `other` train/'s label numbers; refuse class folders train/ lacks, or a flat folder beside a labelled one."""
+    if (other.labels is None) != (train.labels is None):
+        layouts = ("is flat" if x.labels is None else "has class subfolders" for x in (train, other))
+        raise UserError(
+            f"dataset.path={path}: train/ {next(layouts)} but {other.folder.name}/ {next(layouts)}; lay both out the same way."
+        )
+    if other.labels is None:
+        return
+    extra = sorted(set(other.classes) - set(train.classes))
+    if extra:
+        raise UserError(
+            f"dataset.path={path}: {other.folder.name}/ has class folder(s) {', '.join(extra)} that train/ lacks; "
+            f"give train/ the same class subfolders, or remove those."
+        )
+    number = {c: i for i, c in enumerate(train.classes)}
+    other.labels = [number[other.classes[k]] for k in other.labels]
+    other.classes = list(train.classes)

@@ -1,39 +1,22 @@
-"""Evaluation of a trained VAE: importance-sampled log-likelihood, bits/dim, posterior statistics, AUROC, PSNR.
+"""The maths of evaluation: importance-sampled log-likelihood, bits/dim, posterior statistics, AUROC, PSNR.
 
-The core functions are pure functions of tensors and know nothing of the VAE
-class; the `model_*`, `collect_*`, `per_image_*` and `evaluate_*` helpers run a
-`VAE` over a batches object (anything with `.epoch(0)` yielding `(x, y)`).
-All log-densities are in nats per image (summed over pixels / latent dims) and
-computed in fp32 whatever the autocast state.
+Pure functions of tensors; they know nothing of the VAE class or of batches
+(the passes over a split that feed them live in `vae_runner.evaluate`). All
+log-densities are in nats per image (summed over pixels / latent dims) and
+computed in fp32.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Protocol, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
-from vae_runner.objective import LOG_2PI, gaussian_kl, recon_nll
-
-if TYPE_CHECKING:
-    from vae_runner.model import VAE
-
-log = logging.getLogger(__name__)
+from vae_runner.objective import LOG_2PI, gaussian_kl_per_dim
 
 LN2 = math.log(2.0)
-
-
-class Batches(Protocol):
-    """What the helpers need from `TensorBatches` / `StreamingBatches`."""
-
-    def epoch(self, epoch: int) -> Iterable[tuple[Tensor, Optional[Tensor]]]: ...
-
-
-# --------------------------------------------------------------------------- importance sampling
 
 
 def importance_log_likelihood(
@@ -69,61 +52,6 @@ def importance_log_likelihood(
         log_w = log_px_given_z(z).float() + log_prior - log_q  # (S, B)
         acc = torch.logaddexp(acc, torch.logsumexp(log_w, dim=0))
     return acc - math.log(k)
-
-
-@contextmanager
-def _evaluating(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode, no gradients and no autocast (fp32) for the duration; the training flag is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        device_type = next(model.parameters()).device.type
-        with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _decoder_log_likelihood(model: VAE, x: Tensor, y: Optional[Tensor]) -> Callable[[Tensor], Tensor]:
-    """log p(x|z) as a function of z (S, B, D) -> (S, B) for this model and these images."""
-
-    def log_px_given_z(z: Tensor) -> Tensor:
-        s, b, d = z.shape
-        x_rep = x.expand(s, *x.shape).reshape(s * b, *x.shape[1:])  # (S*B, C, H, W)
-        y_rep = None if y is None else y.expand(s, b).reshape(s * b)
-        x_params = model.decode(z.reshape(s * b, d), y_rep)
-        return -recon_nll(x_rep, x_params, model.likelihood, model.log_scale).view(s, b)
-
-    return log_px_given_z
-
-
-def per_image_bounds(
-    model: VAE,
-    batches: Batches,
-    k: int = 100,
-    chunk: int = 64,
-    generator: Optional[torch.Generator] = None,
-) -> dict[str, Tensor]:
-    """Per-image `log_px` (IWAE, K samples), `elbo`, `recon` and `kl` in nats over one pass of `batches`, each (N,) on the CPU.
-
-    `elbo` = -(recon + kl) with the KL in closed form and the reconstruction term from one
-    z ~ q(z|x) (the SGVB estimator B of Kingma & Welling 2013, Sec. 2.3), i.e. the same
-    quantity training logs as `val/elbo`. Its negative is the anomaly score.
-    """
-    out: dict[str, list[Tensor]] = {"log_px": [], "elbo": [], "recon": [], "kl": []}
-    with _evaluating(model):
-        for x, y in batches.epoch(0):
-            mu, logvar = model.encode(x, y)
-            log_px = importance_log_likelihood(mu, logvar, _decoder_log_likelihood(model, x, y), k, chunk, generator)
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device)
-            z = mu.float() + torch.exp(0.5 * logvar.float()) * eps
-            recon = recon_nll(x, model.decode(z, y), model.likelihood, model.log_scale)
-            kl = gaussian_kl(mu, logvar)
-            for name, value in (("log_px", log_px), ("elbo", -(recon + kl)), ("recon", recon), ("kl", kl)):
-                out[name].append(value.float().cpu())
-    if not out["elbo"]:
-        raise ValueError("evaluation got an empty split: the batches yielded no images")
-    return {name: torch.cat(values) for name, values in out.items()}
 
 
 def summarise_bounds(per_image: dict[str, Tensor], num_dims: int, continuous: bool, mask: Optional[Tensor] = None) -> dict[str, float]:
@@ -168,25 +96,9 @@ def bits_per_dim(nll_nats: Union[float, Tensor], num_dims: int, continuous: bool
 # --------------------------------------------------------------------------- posterior statistics
 
 
-def collect_posteriors(model: VAE, batches: Batches) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Posterior means and log-variances of q(z|x) over one pass, each (N, D) on the CPU, with labels (N,) or None."""
-    mus, logvars, labels = [], [], []
-    with _evaluating(model):
-        for x, y in batches.epoch(0):
-            mu, logvar = model.encode(x, y)
-            mus.append(mu.float().cpu())
-            logvars.append(logvar.float().cpu())
-            if y is not None:
-                labels.append(y.cpu())
-    if not mus:
-        raise ValueError("collect_posteriors got an empty split: the batches yielded no images")
-    return torch.cat(mus), torch.cat(logvars), torch.cat(labels) if labels else None
-
-
 def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(q(z_d|x) || N(0, 1)) per latent dimension averaged over the data, (D,); sums to the mean of `gaussian_kl`."""
-    mu, logvar = mu.float(), logvar.float()
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(dim=0)
+    return gaussian_kl_per_dim(mu, logvar).mean(dim=0)
 
 
 def active_units(mu: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:

@@ -1,0 +1,352 @@
+"""Every pass over a split without gradients: validation, the posterior report and pictures, the final test report, `vae-eval`.
+
+The maths these passes feed lives in `vae_runner.metrics`. Each pass runs the
+model inside `evaluating(model)`, which restores the model's previous mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from vae_runner.atomic import write_json
+from vae_runner.build import Batches, Built, build
+from vae_runner.checkpoint import load_checkpoint, load_model_state, seeded_rng
+from vae_runner.config import Config, validate
+from vae_runner.data import Split, corrupt, stratified_subset, to_unit_float
+from vae_runner.errors import UserError
+from vae_runner.lock import RunLock
+from vae_runner.metrics import active_units, auroc, importance_log_likelihood, kl_per_dim, psnr, summarise_bounds
+from vae_runner.model import VAE
+from vae_runner.objective import elbo_terms, gaussian_kl, recon_nll
+from vae_runner.pictures import denoising_grid, interpolation, latent_scatter, latent_traversal, manifold_grid
+from vae_runner.run_dir import RunDir, read_metrics
+from vae_runner.tracking import Tracker, prior_latents, reconstruction_grid, samples_grid
+
+log = logging.getLogger(__name__)
+
+# Each Monte Carlo estimate of the final report draws from its own stream (seed + offset),
+# so changing K moves test/nll alone, never test/elbo.
+NLL_STREAM, ELBO_STREAM, NOISE_STREAM = 0, 1, 2
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients for the duration; the model's previous mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device).manual_seed(seed)
+
+
+def _labels(model: VAE, y: Optional[Tensor]) -> Optional[Tensor]:
+    """The labels a conditional model needs; None for an unconditional one."""
+    return y if model.num_classes else None
+
+
+# ------------------------------------------------------------------ validation, every epoch
+
+
+def validation_terms(model: VAE, batches: Batches, *, beta: float, amp_dtype: Optional[torch.dtype] = None, seed: int = 0) -> dict[str, float]:
+    """Mean of each objective term over a whole split, in nats per image, with the run's target beta.
+
+    The posterior samples come from their own seeded generator, so every
+    evaluation sees the same noise and training's random stream is untouched.
+    """
+    g = _generator(batches.device, seed)
+    sums: dict[str, Tensor] = {}
+    n = 0
+    with evaluating(model), torch.autocast(batches.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        for x, y in batches.epoch(0):
+            eps = torch.randn(x.shape[0], model.latent_dim, generator=g, device=x.device)
+            out = model(x, _labels(model, y), eps=eps)
+            for name, value in elbo_terms(x, out, beta=beta, likelihood=model.likelihood).items():
+                sums[name] = sums.get(name, 0.0) + value.detach() * x.shape[0]
+            n += x.shape[0]
+    return {name: (total / n).item() for name, total in sums.items()}
+
+
+def collect_posteriors(model: VAE, batches: Batches) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Posterior means and log-variances of q(z|x) over one pass, each (N, D) on the CPU, with labels (N,) or None."""
+    mus, logvars, labels = [], [], []
+    with evaluating(model):
+        for x, y in batches.epoch(0):
+            mu, logvar = model.encode(x, _labels(model, y))
+            mus.append(mu.float().cpu())
+            logvars.append(logvar.float().cpu())
+            if y is not None:
+                labels.append(y.cpu())
+    if not mus:
+        raise ValueError("collect_posteriors got an empty split: the batches yielded no images")
+    return torch.cat(mus), torch.cat(logvars), torch.cat(labels) if labels else None
+
+
+@dataclass
+class Examples:
+    """Fixed validation images (and labels) drawn in every epoch's pictures, and their fixed corruption."""
+
+    x: Tensor  # (n <= 8, C, H, W)
+    y: Optional[Tensor]
+    noisy: Optional[Tensor] = None
+
+    def labels(self, model: VAE) -> Optional[Tensor]:
+        """The labels when the model is conditional, else None."""
+        return _labels(model, self.y)
+
+
+def fixed_examples(split: Split | Dataset, batches: Batches, noise: str, level: float, seed: int, n: int = 8) -> Examples:
+    """n validation images drawn across classes with the seed (the first ones streamed, for a folder that streams), with a fixed corruption when denoising."""
+    if isinstance(split, Split):
+        chosen = stratified_subset(split, n, seed)
+        x = to_unit_float(chosen.images.to(batches.device))
+        y = None if chosen.labels is None else chosen.labels.to(batches.device)
+    else:
+        xs, ys = [], []
+        for xb, yb in batches.epoch(0):
+            xs.append(xb), ys.append(yb)
+            if sum(len(b) for b in xs) >= n:
+                break
+        x = torch.cat(xs)[:n]
+        y = None if ys[0] is None else torch.cat(ys)[:n]
+    noisy = None
+    if noise != "none":
+        with seeded_rng(seed + NOISE_STREAM, x.device):
+            noisy = corrupt(x, noise, level)
+    return Examples(x, y, noisy)
+
+
+def reconstruct(model: VAE, x: Tensor, y: Optional[Tensor]) -> Tensor:
+    """Decode the posterior mean: the model's reconstruction of x, in [0, 1]."""
+    with evaluating(model):
+        mu, _ = model.encode(x, y)
+        return model.sample(mu, y)
+
+
+def sample_pictures(tracker: Tracker, model: VAE, examples: Examples, step: int, seed: int) -> None:
+    """Fixed validation images over their reconstructions, and samples from the prior at fixed z (a CVAE: one row per class)."""
+    device = next(model.parameters()).device
+    tracker.image("val/reconstructions", reconstruction_grid(examples.x, reconstruct(model, examples.x, examples.labels(model))), step)
+    z, y = prior_latents(model.latent_dim, model.num_classes, seed=seed)
+    with evaluating(model):
+        samples = model.sample(z.to(device), None if y is None else y.to(device))
+    tracker.image("samples/prior", samples_grid(samples), step)
+
+
+def posterior_report(model: VAE, batches: Batches, tracker: Tracker, step: int, examples: Examples, pictures: bool) -> dict[str, float]:
+    """Per epoch: KL of each latent dimension, active units, posterior histograms and, if `pictures`, the latent space drawn."""
+    mu, logvar, labels = collect_posteriors(model, batches)  # (N, D) each, on the CPU
+    kl_d = kl_per_dim(mu, logvar)
+    n_active, _ = active_units(mu)
+    width = max(2, len(str(model.latent_dim - 1)))
+    tracker.scalars("val/kl_per_dim", {f"{d:0{width}d}": v for d, v in enumerate(kl_d.tolist())}, step)
+    tracker.scalars("val", {"active_units": n_active}, step)
+    tracker.histogram("val/kl_per_dim", kl_d, step)
+    tracker.histogram("val/posterior_mean", mu, step)
+    tracker.histogram("val/posterior_std", torch.exp(0.5 * logvar), step)
+    if pictures:
+        latent_pictures(tracker, model, examples, kl_d, mu, labels, step)
+    return {"active_units": float(n_active)}
+
+
+def latent_pictures(tracker: Tracker, model: VAE, examples: Examples, kl_d: Tensor, mu: Tensor, labels: Optional[Tensor], step: int) -> None:
+    """Traversal, interpolation (pairs of the fixed examples; none with a single example), scatter, manifold and denoising."""
+    y = examples.labels(model)
+    tracker.image("latent/traversal", latent_traversal(model, examples.x[:1], None if y is None else y[:1], kl_d), step)
+    half = examples.x.shape[0] // 2
+    if half:
+        pair_y = (None, None) if y is None else (y[:half], y[half : 2 * half])
+        tracker.image("latent/interpolation", interpolation(model, examples.x[:half], pair_y[0], examples.x[half : 2 * half], pair_y[1]), step)
+    tracker.image("latent/scatter", latent_scatter(mu, labels, num_classes=max(10, model.num_classes)), step)
+    if model.latent_dim == 2 and not model.num_classes:
+        tracker.image("latent/manifold", manifold_grid(model), step)
+    if examples.noisy is not None:
+        tracker.image("val/denoising", denoising_grid(examples.noisy, reconstruct(model, examples.noisy, y), examples.x), step)
+
+
+# ------------------------------------------------------------------ the final test report
+
+
+def _decoder_log_likelihood(model: VAE, x: Tensor, y: Optional[Tensor]) -> Callable[[Tensor], Tensor]:
+    """log p(x|z) as a function of z (S, B, D) -> (S, B) for this model and these images."""
+
+    def log_px_given_z(z: Tensor) -> Tensor:
+        s, b, d = z.shape
+        x_rep = x.expand(s, *x.shape).reshape(s * b, *x.shape[1:])  # (S*B, C, H, W)
+        y_rep = None if y is None else y.expand(s, b).reshape(s * b)
+        x_params = model.decode(z.reshape(s * b, d), y_rep)
+        return -recon_nll(x_rep, x_params, model.likelihood, model.log_scale).view(s, b)
+
+    return log_px_given_z
+
+
+def _elbo(model: VAE, x: Tensor, y: Optional[Tensor], eps: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image reconstruction term (one z = mu + sigma * eps) and analytic KL, each (B,)."""
+    mu, logvar = model.encode(x, y)
+    z = mu.float() + torch.exp(0.5 * logvar.float()) * eps
+    return recon_nll(x, model.decode(z, y), model.likelihood, model.log_scale), gaussian_kl(mu, logvar)
+
+
+def per_image_bounds(model: VAE, batches: Batches, k: int = 100, chunk: int = 64, seed: int = 0) -> dict[str, Tensor]:
+    """Per-image `log_px` (IWAE, K samples), `elbo`, `recon`, `kl` in nats and `labels` over one pass, each (N,) on the CPU.
+
+    `elbo` = -(recon + kl) with the KL in closed form and the reconstruction term from one
+    z ~ q(z|x) (the SGVB estimator B of Kingma & Welling 2013, Sec. 2.3), i.e. the same
+    quantity training logs as `val/elbo`. The IWAE samples and the ELBO's sample come
+    from two generators seeded apart, so K changes `log_px` alone.
+    """
+    out: dict[str, list[Tensor]] = {"log_px": [], "elbo": [], "recon": [], "kl": [], "labels": []}
+    g_nll, g_elbo = _generator(batches.device, seed + NLL_STREAM), _generator(batches.device, seed + ELBO_STREAM)
+    with evaluating(model):
+        for x, y in batches.epoch(0):
+            yc = _labels(model, y)
+            mu, logvar = model.encode(x, yc)
+            log_px = importance_log_likelihood(mu, logvar, _decoder_log_likelihood(model, x, yc), k, chunk, g_nll)
+            recon, kl = _elbo(model, x, yc, torch.randn(mu.shape, generator=g_elbo, device=mu.device))
+            for name, value in (("log_px", log_px), ("elbo", -(recon + kl)), ("recon", recon), ("kl", kl)):
+                out[name].append(value.float().cpu())
+            if y is not None:
+                out["labels"].append(y.cpu())
+    if not out["elbo"]:
+        raise ValueError("evaluation got an empty split: the batches yielded no images")
+    return {name: torch.cat(values) for name, values in out.items() if values}
+
+
+def label_free_elbo(model: VAE, batches: Batches, classes: Sequence[int], seed: int = 0) -> Tensor:
+    """For a CVAE, log (1/|C|) sum_{c in C} exp ELBO(x | c) per image, (N,): a score that does not use the image's own label.
+
+    Used to score anomalies: a held-out class's image must not be conditioned on its
+    (never trained) label. Each class reuses the same posterior noise.
+    """
+    g = _generator(batches.device, seed + ELBO_STREAM)
+    scores = []
+    with evaluating(model):
+        for x, _ in batches.epoch(0):
+            eps = torch.randn(x.shape[0], model.latent_dim, generator=g, device=x.device)
+            elbos = []
+            for c in classes:
+                recon, kl = _elbo(model, x, torch.full((x.shape[0],), c, device=x.device, dtype=torch.long), eps)
+                elbos.append(-(recon + kl))
+            scores.append((torch.logsumexp(torch.stack(elbos), dim=0) - math.log(len(classes))).float().cpu())
+    return torch.cat(scores)
+
+
+def test_report(model: VAE, batches: Batches, tracker: Tracker, step: int, cfg: DictConfig) -> dict[str, float]:
+    """The final evaluation on the test split: importance-sampled NLL, anomaly AUROC and denoising PSNR, logged as `test/...`.
+
+    For a CVAE the likelihoods are conditional on the true label: they are named
+    `test/nll_given_label`, `test/elbo_given_label` and `test/bits_per_dim_given_label`.
+    """
+    d, seed = cfg.dataset, cfg.seed
+    bounds = per_image_bounds(model, batches, k=cfg.eval.nll_samples, chunk=cfg.eval.nll_chunk, seed=seed)
+    held_out = torch.zeros(len(bounds["elbo"]), dtype=torch.bool)
+    if d.holdout_classes and "labels" in bounds:
+        held_out = torch.isin(bounds["labels"], torch.tensor(list(d.holdout_classes)))
+    num_dims = model.in_channels * model.image_size**2
+    summary = summarise_bounds(bounds, num_dims, continuous=model.likelihood == "gaussian", mask=~held_out)
+    if model.num_classes:
+        summary = {(f"{k}_given_label" if k in ("nll", "elbo", "bits_per_dim") else k): v for k, v in summary.items()}
+    metrics = {f"test/{name}": value for name, value in summary.items()}
+    if held_out.any():
+        metrics["test/anomaly_auroc"] = _anomaly_auroc(model, batches, bounds, held_out, tracker, step, cfg)
+    if d.noise != "none":
+        metrics.update(_denoising(model, batches, d.noise, d.noise_level, tracker, step, seed))
+    tracker.scalars("test", {k.split("/", 1)[1]: v for k, v in metrics.items()}, step)
+    return metrics
+
+
+def _anomaly_auroc(model: VAE, batches: Batches, bounds: dict[str, Tensor], held_out: Tensor, tracker: Tracker, step: int, cfg: DictConfig) -> float:
+    """AUROC of the negative ELBO telling held-out classes from the rest; a CVAE's ELBO is averaged over the training labels."""
+    if model.num_classes:
+        trained = [c for c in range(model.num_classes) if c not in set(cfg.dataset.holdout_classes)]
+        score = -label_free_elbo(model, batches, trained, cfg.seed)
+    else:
+        score = -bounds["elbo"]  # higher is more anomalous
+    tracker.histogram("test/anomaly_score/normal", score[~held_out], step)
+    tracker.histogram("test/anomaly_score/held_out", score[held_out], step)
+    return auroc(score[held_out], score[~held_out])
+
+
+def _denoising(model: VAE, batches: Batches, noise: str, level: float, tracker: Tracker, step: int, seed: int) -> dict[str, float]:
+    """PSNR of the reconstructions of noisy test images against the clean ones, beside the noisy inputs' own PSNR."""
+    recon_psnr, noisy_psnr, first = [], [], None
+    with seeded_rng(seed + NOISE_STREAM, batches.device):  # reconstructions draw no noise: the corruption alone uses this stream
+        for x, y in batches.epoch(0):
+            noisy = corrupt(x, noise, level)
+            recon = reconstruct(model, noisy, _labels(model, y))
+            # Capped at 100 dB: an image the noise left untouched would otherwise give inf and an infinite mean.
+            recon_psnr.append(psnr(recon, x).clamp(max=100.0).cpu())
+            noisy_psnr.append(psnr(noisy, x).clamp(max=100.0).cpu())
+            if first is None:
+                first = (noisy, recon, x)
+    tracker.image("test/denoising", denoising_grid(*first), step)
+    return {"test/psnr_recon": torch.cat(recon_psnr).mean().item(), "test/psnr_noisy": torch.cat(noisy_psnr).mean().item()}
+
+
+def final_report(built: Built, cfg: DictConfig, tracker: Tracker, step: int, val: Optional[dict[str, float]] = None) -> dict[str, float]:
+    """Validation terms and posterior statistics (unless given: the last epoch's), the test report, and the time it took (`test/seconds`)."""
+    start = time.perf_counter()
+    model = built.model
+    if val is None:
+        val = validation_terms(model, built.val, beta=cfg.model.beta, amp_dtype=built.amp_dtype, seed=cfg.seed)
+        examples = fixed_examples(built.data.val, built.val, cfg.dataset.noise, cfg.dataset.noise_level, cfg.seed)
+        val.update(posterior_report(model, built.val, tracker, step, examples, pictures=False))
+    metrics = {f"val/{k}": v for k, v in val.items()}
+    metrics.update(test_report(model, built.test, tracker, step, cfg))
+    metrics["test/seconds"] = time.perf_counter() - start
+    return metrics
+
+
+def split_sizes(built: Built) -> dict[str, float]:
+    """How many images each split holds, for metrics.json."""
+    return {f"data/{name}_images": float(b.num_samples) for name, b in (("train", built.train), ("val", built.val), ("test", built.test))}
+
+
+# ------------------------------------------------------------------ vae-eval
+
+
+def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Recompute a run's final metrics from its checkpoint and saved config (plus overrides such as `eval.nll_samples=5000`).
+
+    Writes them to the run's TensorBoard at the checkpoint's step and merges them into its metrics.json.
+    """
+    run = RunDir(run_dir)
+    if not run.checkpoint.is_file() or not run.config.is_file():
+        raise UserError(
+            f"{run_dir} is not a vae-run run directory (it needs .hydra/config.yaml and checkpoints/last.pt); "
+            f"pass a folder under outputs/runs/ or outputs/sweeps/<time>/."
+        )
+    previous = read_metrics(run.metrics) if run.metrics.is_file() else {}  # a corrupt file is refused before the work
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run.config), OmegaConf.from_dotlist(list(overrides)))
+    except Exception as err:  # unknown key, wrong type: OmegaConf's errors
+        raise UserError(f"cannot apply {' '.join(overrides) or 'the saved config'}: {str(err).splitlines()[0]}; check the keys against README.") from None
+    validate(cfg)
+    with RunLock(run.lock, str(run_dir)):
+        built = build(cfg)
+        saved = load_checkpoint(run.checkpoint)
+        load_model_state(built.model, saved["model"], run.checkpoint)
+        tracker = Tracker(run.tensorboard)
+        try:
+            metrics = final_report(built, cfg, tracker, saved["step"])
+        finally:
+            tracker.close()
+        merged = {**previous, **metrics, **split_sizes(built)}
+        write_json(run.metrics, merged)
+    return merged

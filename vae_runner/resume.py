@@ -1,0 +1,94 @@
+"""Continuing a run or a sweep: what `resume=` expands to, and what a resume may change, checked before Hydra writes anything."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vae_runner.errors import UserError
+from vae_runner.lock import check_unlocked
+from vae_runner.run_dir import RunDir
+
+RESUME_ENV = "VAE_RUNNER_RESUME_SWEEP"  # set by `-m ... resume=true`: finished jobs are skipped
+
+# What a resumed run may change: how long it trains, how often it logs, how it is evaluated and where
+# things are. Anything else (the model, the data, the optimizer, the seed, the batch) would make the
+# checkpoint mean something else, or be silently overridden by the optimizer state it holds.
+RESUMABLE_CHANGES = (
+    "train.epochs", "train.max_steps", "train.log_every_steps", "train.image_every_epochs",
+    "train.checkpoint_every_steps", "train.max_skipped_steps", "eval.", "device", "precision",
+    "dataset.root", "dataset.path", "dataset.num_workers", "dataset.max_memory_mb",
+)
+
+
+def expand_resume(argv: list[str]) -> list[str]:
+    """`resume=<run_dir>` becomes that run's saved overrides plus `hydra.run.dir=<run_dir>` (later overrides win).
+
+    In a multirun, `resume=true` points the sweep at the latest earlier sweep with
+    the same overrides: finished jobs are skipped, unfinished ones resume.
+    """
+    resume = [a for a in argv if a.split("=", 1)[0].lstrip("+") == "resume"]
+    if not resume:
+        return argv
+    rest = [a for a in argv if a not in resume]
+    value = resume[-1].split("=", 1)[1]
+    if value.lower() == "true":
+        if not {"-m", "--multirun"} & set(argv):
+            raise UserError("resume=true resumes a sweep: add -m, or pass resume=<run_dir> to resume one run.")
+        os.environ[RESUME_ENV] = "1"
+        return [*rest, f"hydra.sweep.dir={_previous_sweep(rest)}"]
+    run = RunDir(Path(value).expanduser())
+    if not run.overrides.is_file():
+        raise UserError(f"resume={run.root} is not a vae-run run directory (no .hydra/overrides.yaml); pass a folder under outputs/runs/.")
+    previous = [str(o) for o in OmegaConf.load(run.overrides) if not str(o).startswith(("hydra.", "resume=", "+resume="))]
+    return [*previous, *rest, f"hydra.run.dir={run.root}"]
+
+
+def _previous_sweep(argv: list[str]) -> Path:
+    """The newest sweep under outputs/sweeps/ launched with these overrides."""
+    overrides = sorted(a for a in argv if not a.startswith("-"))
+    candidates = sorted(Path("outputs", "sweeps").glob("*/multirun.yaml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for multirun in candidates:
+        if sorted(str(o) for o in OmegaConf.load(multirun).hydra.overrides.task) == overrides:
+            return multirun.parent
+    raise UserError(
+        f"resume=true found no earlier sweep with the overrides {' '.join(overrides)} under {Path('outputs', 'sweeps').absolute()}; "
+        f"run the same command from the same folder, or drop resume=true to start a new sweep."
+    )
+
+
+def check_resumable(run: RunDir, cfg: DictConfig) -> None:
+    """Before Hydra rewrites `run`'s records: it is not in use, not finished, and `cfg` changes only what a resume may change."""
+    check_unlocked(run.lock, str(run.root))
+    if not run.config.is_file():
+        return  # a fresh folder, or a run killed before Hydra wrote its records
+    try:
+        saved = _flat(OmegaConf.to_container(OmegaConf.load(run.config), resolve=False))
+    except Exception as err:  # YAML errors, unreadable file
+        raise UserError(f"{run.config} is not readable ({str(err).splitlines()[0]}); restore it, or start a new run directory.") from None
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    changed = sorted(k for k in saved.keys() & new.keys() if saved[k] != new[k] and not k.startswith(("hydra.", *RESUMABLE_CHANGES)))
+    if changed:
+        shown = ", ".join(f"{k} ({saved[k]!r} -> {new[k]!r})" for k in changed[:3])
+        raise UserError(
+            f"{run.root} was trained with other settings and cannot be resumed with {shown}; a resume may change only "
+            f"train.epochs, train.max_steps, eval.*, device and where the data is; start a new run for the rest."
+        )
+    if run.metrics.is_file() and all(saved.get(k) == new.get(k) for k in ("train.epochs", "train.max_steps")):
+        raise UserError(
+            f"{run.root} is finished (it has metrics.json) and was left as it is; to train it longer pass a larger "
+            f"train.epochs, to recompute its metrics run vae-eval {run.root}."
+        )
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"beta": 4}} -> {"model.beta": 4}."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}."))
+    return out
