@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import compose_config, vae_run
@@ -38,6 +38,21 @@ CASES = [
     (["dataset=image_folder", "dataset.path=/no/such/folder"], "dataset.path=/no/such/folder is not a folder"),
     (["hydra.run.dir=/etc/hostname/run"], "cannot create the output folder /etc/hostname/run: /etc/hostname is a file"),
     (["resume=/tmp"], "resume=/tmp is not a vae-run run directory"),
+    # Values that passed validation and then crashed (issue: a sturdy core)
+    (["seed=-1"], "seed=-1 is out of range; use an integer from 0 to 2**32 - 1"),
+    (["seed=4294967296"], "seed=4294967296 is out of range"),
+    (["model.arch=conv", "model.conv_channels=[]"], "model.conv_channels=[] is empty; list at least one layer width"),
+    (["model.hidden_dims=[]"], "model.hidden_dims=[] is empty; list at least one layer width, e.g. model.hidden_dims=[512]"),
+    (["dataset.image_size=100000"], "dataset.image_size=100000 would need"),
+    (["model.hidden_dims=[100000000]"], "would need"),
+    (["optim._target_=torch.optim.Nope"], "optim._target_=torch.optim.Nope is not a torch optimizer class"),
+    (["optim._target_=os.system"], "optim._target_=os.system is not a torch optimizer class"),
+    (["+optim.momentum=0.9"], "optim.momentum is not an argument of torch.optim.Adam"),
+    (["optim.weight_decay=-1"], "optim.weight_decay=-1.0 is negative"),
+    (["model.beta=1,2"], "model.beta=1,2 gives several values, which only a sweep runs; add -m"),
+    # Unknown keys, with or without +
+    (["+model.betta=4"], "model.betta is not a config key; did you mean model.beta?"),
+    (["+train.epoch=3"], "train.epoch is not a config key; did you mean train.epochs?"),
 ]
 if not torch.cuda.is_available():
     CASES.append((["device=cuda"], "device=cuda was asked for but no CUDA GPU is available; use device=auto"))
@@ -80,8 +95,14 @@ NUMERIC_KEYS = {
 }
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Derandomised: CI sees the same examples every run. The explicit examples are every case the
+# search found once (train.batch_size=1 crashed the epoch-end pictures), kept for good.
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.fixed_dictionaries({}, optional=NUMERIC_KEYS))
+@example(values={"train.batch_size": 1})
+@example(values={"train.batch_size": 1, "model.latent_dim": 1})
+@example(values={"model.latent_dim": 1, "dataset.image_size": 1})
+@example(values={"optim.lr": 1e-2, "model.beta": 0.0, "train.grad_clip": 0.5})
 def test_random_numeric_values_either_train_or_give_one_sentence(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory, values: dict) -> None:
     overrides = [f"{k}={v}" for k, v in values.items()]
     base = [f"dataset.root={mnist_root}", "dataset.train_samples=256", "dataset.val_samples=64", "train.epochs=1"]

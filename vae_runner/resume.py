@@ -69,7 +69,7 @@ def check_resumable(run: RunDir, cfg: DictConfig) -> None:
         saved = _flat(OmegaConf.to_container(OmegaConf.load(run.config), resolve=False))
     except Exception as err:  # YAML errors, unreadable file
         raise UserError(f"{run.config} is not readable ({str(err).splitlines()[0]}); restore it, or start a new run directory.") from None
-    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    new = _flat(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True))
     changed = sorted(k for k in saved.keys() & new.keys() if saved[k] != new[k] and not k.startswith(("hydra.", *RESUMABLE_CHANGES)))
     if changed:
         shown = ", ".join(f"{k} ({saved[k]!r} -> {new[k]!r})" for k in changed[:3])

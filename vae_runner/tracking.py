@@ -59,7 +59,10 @@ class Tracker:
             self._warn_once(tag, "%s has %d non-finite values of %d at step %d; the histogram shows the finite ones only", tag, values.numel() - finite.numel(), values.numel(), step)
         if finite.numel() == 0:
             return
-        self.writer.add_histogram(tag, finite, step)
+        try:
+            self.writer.add_histogram(tag, finite, step)
+        except ValueError:  # finite but near the float range's end (a diverging model): no bins can hold them
+            self._warn_once(f"{tag}:range", "%s spans a range too wide to bin at step %d (largest |value| %.3g); not written", tag, step, finite.abs().max().item())
 
     def layout(self) -> None:
         """A Custom Scalars page with each run's reconstruction and KL terms side by side on one chart."""

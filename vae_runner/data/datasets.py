@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from vae_runner.data.folders import UNREADABLE, ImageFiles, Listing, collate_images, decode_all, decode_bytes, list_images
@@ -106,14 +107,17 @@ def load_dataset(
             f"image and still train; it needs at least 2 training images and 1 test image."
         )
     kept, held = hold_out(len(train), holdout_size(len(train), val_fraction), SPLIT_SEED)
-    train, val, test = (
-        split.index(idx[stratified_indices(None if split.labels is None else split.labels[idx], len(idx), n, SPLIT_SEED)])
-        for split, idx, n in ((train, kept, train_samples), (train, held, val_samples), (test, torch.arange(len(test)), test_samples))
-    )
+    train, val, test = _pick(train, kept, train_samples), _pick(train, held, val_samples), _pick(test, torch.arange(len(test)), test_samples)
     if image_size is not None and image_size != train.images.shape[-1]:
         train, val, test = _resize_splits([train, val, test], image_size)
     info = DatasetInfo(name, train.images.shape[1], train.images.shape[-1], len(classes), classes)
     return LoadedData(info, train, val, test)
+
+
+def _pick(split: Split, idx: Tensor, n: Optional[int]) -> Split:
+    """The images at `idx`, capped at n by a subset balanced over classes; one copy."""
+    labels = None if split.labels is None else split.labels[idx]
+    return split.index(idx[stratified_indices(labels, len(idx), n, SPLIT_SEED)])
 
 
 def _resize_splits(splits: list[Split], size: int) -> list[Split]:
@@ -208,72 +212,35 @@ def _load_image_folder(
     max_memory_mb: int,
     num_workers: int,
 ) -> LoadedData:
-    """Train/val/test from train/ + test/ (or val/) subfolders, or held out of one folder; decoded now, or streamed when large."""
+    """Train/val/test of an image folder, each capped by a class-balanced subset; decoded now, or streamed when large."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise DatasetUnavailable(f"dataset.path={path} is not a folder; point it at a folder of images.")
-    sub = next((s for s in ("test", "val") if (folder / s).is_dir()), None) if (folder / "train").is_dir() else None
-    if sub is not None:
-        train_list, test_list = list_images(folder / "train"), list_images(folder / sub)
-        # train/ + val/ + test/: the user's own validation split is used as it is.
-        val_list = list_images(folder / "val") if sub == "test" and (folder / "val").is_dir() else None
-        listings = [x for x in (train_list, val_list, test_list) if x is not None]
-        counts = [len(x.files) for x in listings]
-        if len(train_list.files) < (1 if val_list else 2) or min(counts[1:]) < 1:
-            held = "" if val_list else "hold out a validation image and "
-            raise DatasetUnavailable(
-                f"dataset.path={path} holds {', '.join(f'{n} image(s) in {x.folder.name}/' for n, x in zip(counts, listings))}: "
-                f"too few to {held}train; it needs at least {1 if val_list else 2} in train/ and 1 in each other split folder."
-            )
-        for other in listings[1:]:
-            _align_classes(other, train_list, path)
-        files = _files(train_list, image_size, channels)
-        test = _files(test_list, image_size, channels)
-        if val_list is not None:
-            train, val = files, _files(val_list, image_size, channels)
-        else:
-            kept, held_idx = hold_out(len(files), holdout_size(len(files), val_fraction), SPLIT_SEED)
-            train, val = files.subset(kept), files.subset(held_idx)
-        sources = {"train": train_list, "val": val_list or train_list, "test": test_list}
-    else:
-        listing = list_images(folder)
-        listings, n = [listing], len(listing.files)
-        if n < 3:
-            raise DatasetUnavailable(
-                f"dataset.path={path} holds {n} image(s): too few to hold out a validation image and a test image "
-                f"and still train; it needs at least 3 (png, jpg, ...), directly or in class subfolders."
-            )
-        files = _files(listing, image_size, channels)
-        # Test first, then validation out of the rest: a different seed for each, both fixed.
-        rest, test_idx = hold_out(n, holdout_size(n, val_fraction), SPLIT_SEED + 1)
-        kept, held_idx = hold_out(len(rest), holdout_size(len(rest), val_fraction), SPLIT_SEED)
-        train, val, test = files.subset(rest[kept]), files.subset(rest[held_idx]), files.subset(test_idx)
-        sources = {"train": listing, "val": listing, "test": listing}
-
+    whole, sources = _folder_splits(folder, path, image_size, channels, val_fraction)
     splits = {
-        key: split.subset(stratified_indices(split.labels, len(split), cap, SPLIT_SEED))
-        for (key, split), cap in zip({"train": train, "val": val, "test": test}.items(), caps)
+        key: files.subset(stratified_indices(files.labels, len(files), cap, SPLIT_SEED))
+        for (key, files), cap in zip(whole.items(), caps)
     }
-    info = DatasetInfo(name, channels, image_size, len(listings[0].classes), listings[0].classes)
+    listings = list({id(x): x for x in sources.values()}.values())
+    info = DatasetInfo(name, channels, image_size, len(sources["train"].classes), sources["train"].classes)
     n_images = sum(len(s) for s in splits.values())
-    if n_images * channels * image_size**2 > max_memory_mb * 2**20:
-        log.info(
-            "%s: %.0f MB of pixels exceed dataset.max_memory_mb=%d; streaming from disk",
-            path, n_images * channels * image_size**2 / 2**20, max_memory_mb,
-        )
+    pixel_bytes = n_images * channels * image_size**2
+    if pixel_bytes > max_memory_mb * 2**20:
+        log.info("%s: %.0f MB of pixels exceed dataset.max_memory_mb=%d; streaming from disk", path, pixel_bytes / 2**20, max_memory_mb)
         for listing in listings:
             listing.report()
         return LoadedData(info, splits["train"], splits["val"], splits["test"])
 
+    stream_mb = -(-pixel_bytes // 2**20) - 1  # the largest setting below the pixels' size
     require_memory(
         decode_bytes(n_images, channels, image_size, num_workers), f"{n_images:,} decoded images of {channels}x{image_size}x{image_size}",
-        image_size, f"use a smaller dataset.image_size, or a dataset.max_memory_mb below {n_images * channels * image_size**2 // 2**20} so the images stream from disk",
+        image_size, f"use a smaller dataset.image_size, or dataset.max_memory_mb={stream_mb} so the images stream from disk",
     )
     log.info("decoding %d images from %s", n_images, path)
     decoded = {}
-    for key, split in splits.items():
-        split.warn_each = False  # counted in the folder's one summary line instead
-        decoded[key], failed = decode_all(split, num_workers)
+    for key, files in splits.items():
+        files.warn_each = False  # counted in the folder's one summary line instead
+        decoded[key], failed = decode_all(files, num_workers)
         if failed:
             sources[key].skipped[UNREADABLE] += failed
     for listing in listings:
@@ -285,6 +252,52 @@ def _load_image_folder(
                 f"(e.g. {splits[key].files[0]}); check the files' format."
             )
     return LoadedData(info, decoded["train"], decoded["val"], decoded["test"])
+
+
+def _folder_splits(folder: Path, path: str, image_size: int, channels: int, val_fraction: float) -> tuple[dict[str, ImageFiles], dict[str, Listing]]:
+    """The files of each split, and the listing each came from.
+
+    train/ with test/ (or val/): test is that folder and validation is held out
+    of train/ (train/, val/ and test/: each as given). One folder: test, then
+    validation, are held out of all its images.
+    """
+    sub = next((s for s in ("test", "val") if (folder / s).is_dir()), None) if (folder / "train").is_dir() else None
+    if sub is None:
+        listing = list_images(folder)
+        n = len(listing.files)
+        if n < 3:
+            raise DatasetUnavailable(
+                f"dataset.path={path} holds {n} image(s): too few to hold out a validation image and a test image "
+                f"and still train; it needs at least 3 (png, jpg, ...), directly or in class subfolders."
+            )
+        files = _files(listing, image_size, channels)
+        # Different fixed seeds for the two hold-outs, so they are not the same draw.
+        rest, test_idx = hold_out(n, holdout_size(n, val_fraction), SPLIT_SEED + 1)
+        kept, held = hold_out(len(rest), holdout_size(len(rest), val_fraction), SPLIT_SEED)
+        whole = {"train": files.subset(rest[kept]), "val": files.subset(rest[held]), "test": files.subset(test_idx)}
+        return whole, {"train": listing, "val": listing, "test": listing}
+
+    train_list, test_list = list_images(folder / "train"), list_images(folder / sub)
+    val_list = list_images(folder / "val") if sub == "test" and (folder / "val").is_dir() else None
+    listings = [x for x in (train_list, val_list, test_list) if x is not None]
+    need_train = 1 if val_list is not None else 2
+    if len(train_list.files) < need_train or min(len(x.files) for x in listings[1:]) < 1:
+        held_out = "" if val_list is not None else "hold out a validation image and "
+        counts = ", ".join(f"{len(x.files)} image(s) in {x.folder.name}/" for x in listings)
+        raise DatasetUnavailable(
+            f"dataset.path={path} holds {counts}: too few to {held_out}train; it needs at least {need_train} in "
+            f"train/ and 1 in each other split folder."
+        )
+    for other in listings[1:]:
+        _align_classes(other, train_list, path)
+    files = _files(train_list, image_size, channels)
+    if val_list is not None:
+        train, val = files, _files(val_list, image_size, channels)
+    else:
+        kept, held = hold_out(len(files), holdout_size(len(files), val_fraction), SPLIT_SEED)
+        train, val = files.subset(kept), files.subset(held)
+    whole = {"train": train, "val": val, "test": _files(test_list, image_size, channels)}
+    return whole, {"train": train_list, "val": val_list if val_list is not None else train_list, "test": test_list}
 
 
 def _files(listing: Listing, image_size: int, channels: int) -> ImageFiles:

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -150,10 +151,8 @@ def list_images(folder: Path) -> Listing:
 # ---------------------------------------------------------------- decoding
 
 
-def _to_8bit(img: "Image.Image") -> "Image.Image":
+def _to_8bit(img: Image.Image) -> Image.Image:
     """16-bit and wider greyscale scaled to 8 bits (Pillow's convert() would clip it, turning most of it white)."""
-    from PIL import Image
-
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         a = np.asarray(img)
         if img.mode == "F" and np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1:
@@ -164,14 +163,12 @@ def _to_8bit(img: "Image.Image") -> "Image.Image":
             a = np.nan_to_num(a.astype(np.float64))
             span = a.max() - a.min()
             out = (a - a.min()) * (255.0 / span if span else 0.0)
-        return Image.fromarray(np.rint(out).clip(0, 255).astype(np.uint8), "L")
+        return Image.fromarray(np.rint(out).clip(0, 255).astype(np.uint8))  # (H, W) uint8: mode L
     return img
 
 
-def decode_image(path: str, mode: str) -> "Image.Image":
+def decode_image(path: str, mode: str) -> Image.Image:
     """The first frame of an image file, in `mode` ("L" or "RGB") with 8 bits per channel."""
-    from PIL import Image
-
     # O_NONBLOCK: were the file swapped for a FIFO after listing, open() would otherwise wait for a writer.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as f:

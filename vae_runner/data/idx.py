@@ -56,11 +56,12 @@ def read_mnist_format(raw_dir: Path, name: str) -> tuple[Split, Split]:
         if len(images) != len(labels):
             # A file whose md5 matched is not the wrong one.
             wrong = labels_path if images_canonical else images_path if labels_canonical else None
-            blame = f"{wrong} is the wrong file" if wrong else "one of them is from another set"
-            raise DatasetUnavailable(
-                f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels, so {blame}; "
-                f"{_fix(title)}."
+            blame = (
+                f"so {wrong} is the wrong file; {_fix(title)}" if wrong else
+                f"so one of the two is from another set; replace both with the original {title} files "
+                f"(delete them so they are fetched again)"
             )
+            raise DatasetUnavailable(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels, {blame}.")
         if len(labels) and int(labels.max()) >= 10:
             raise DatasetUnavailable(
                 f"{labels_path} holds label {int(labels.max())}, but {title} labels are 0 to 9; the file is damaged: "

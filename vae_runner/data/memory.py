@@ -63,6 +63,6 @@ def require_memory(needed: int, what: str, image_size: int, advice: str) -> None
     free = available_memory()
     if needed > free:
         raise UserError(
-            f"dataset.image_size={image_size} would need {needed / 2**30:.1f} GiB of memory to hold {what}, "
-            f"but {free / 2**30:.1f} GiB is available; {advice}."
+            f"dataset.image_size={image_size} would need {needed / 2**30:,.1f} GiB of memory to hold {what}, "
+            f"but {free / 2**30:,.1f} GiB is available; {advice}."
         )
