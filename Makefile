@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-slow bench clean
+.PHONY: help install run test test-fresh test-slow bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ run: $(STAMP) ## train the default VAE on MNIST (extra Hydra overrides: make run
 
 test: $(STAMP) ## run the test suite (about 6 minutes on 2 CPU cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fresh: $(STAMP) ## the suite as on a fresh clone: ../shared/data hidden, small data built by the fixtures
+	VAE_RUNNER_HIDE_SHARED=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: $(STAMP) ## run only the long end-to-end tests
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

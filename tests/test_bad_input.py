@@ -105,7 +105,7 @@ NUMERIC_KEYS = {
 @example(values={"optim.lr": 1e-2, "model.beta": 0.0, "train.grad_clip": 0.5})
 def test_random_numeric_values_either_train_or_give_one_sentence(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory, values: dict) -> None:
     overrides = [f"{k}={v}" for k, v in values.items()]
-    base = [f"dataset.root={mnist_root}", "dataset.train_samples=256", "dataset.val_samples=64", "train.epochs=1"]
+    base = [f"dataset.root={mnist_root}", "dataset.train_samples=256", "dataset.val_samples=64", "eval.test_samples=64", "train.epochs=1"]
     if "train.max_steps" not in values:
         base.append("train.max_steps=2")
     try:

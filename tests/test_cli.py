@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.conftest import read_images, read_scalars, vae_run
 
-SMALL = ["train.epochs=2", "dataset.train_samples=2000", "dataset.val_samples=500", "train.log_every_steps=2"]
+SMALL = ["train.epochs=2", "dataset.train_samples=2000", "dataset.val_samples=500", "eval.test_samples=500", "train.log_every_steps=2"]
 
 
 def _only_run_dir(base: Path) -> Path:
@@ -91,7 +91,7 @@ def test_run_directory_holds_config_checkpoint_and_metrics(mnist_run: tuple[Path
 def test_beta_multirun_writes_one_named_directory_per_value(mnist_root: Path, tmp_path: Path) -> None:
     proc = vae_run(
         "-m", "model=beta_vae", "model.beta=1,4", f"dataset.root={mnist_root}",
-        "train.max_steps=5", "dataset.train_samples=1000", "dataset.val_samples=200", cwd=tmp_path,
+        "train.max_steps=5", "dataset.train_samples=1000", "dataset.val_samples=200", "eval.test_samples=200", cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()

@@ -157,7 +157,17 @@ def _trailing_bytes(raw: Path) -> None:
     (raw / TRAIN_IMAGES).write_bytes((raw / TRAIN_IMAGES).read_bytes() + b"\0" * 16)
 
 
+def _empty(raw: Path) -> None:
+    (raw / TRAIN_LABELS).write_bytes(b"")
+
+
+def _header_only(raw: Path) -> None:
+    (raw / TRAIN_IMAGES).write_bytes(bytes([0, 0, 8, 3, 0, 0]))
+
+
 CORRUPTIONS = {
+    "empty": (_empty, TRAIN_LABELS, "is not an MNIST-format labels file (it is shorter than 4 bytes)"),
+    "cut in the header": (_header_only, TRAIN_IMAGES, "is 6 bytes, too short for its own header"),
     "bad magic": (_flip_magic, TRAIN_IMAGES, "magic number is 0x00000802, not 0x00000803"),
     "truncated": (_truncate, TRAIN_IMAGES, "is 2,351,916 bytes but its header promises 2,352,016 (3000x28x28 images), so it is truncated"),
     "short labels": (_short_labels, TRAIN_LABELS, "holds 3000 images but"),

@@ -23,7 +23,7 @@ from vae_runner.errors import UserError
 from vae_runner.model import VAE
 from vae_runner.train import StopSignals, train
 
-RUN = ["train.epochs=2", "dataset.train_samples=6000", "dataset.val_samples=500", "train.checkpoint_every_steps=10", "train.log_every_steps=1"]
+RUN = ["train.epochs=2", "dataset.train_samples=6000", "dataset.val_samples=500", "eval.test_samples=500", "train.checkpoint_every_steps=10", "train.log_every_steps=1"]
 
 
 def _popen(*args: str, cwd: Path) -> subprocess.Popen:
@@ -142,7 +142,7 @@ def test_nan_steps_are_skipped_then_the_run_stops_with_remedies(mnist_root: Path
 
 
 def test_same_seed_gives_identical_metrics(mnist_root: Path, tmp_path: Path) -> None:
-    cfg = compose_config([f"dataset.root={mnist_root}", "dataset.train_samples=1500", "dataset.val_samples=300", "train.epochs=1"])
+    cfg = compose_config([f"dataset.root={mnist_root}", "dataset.train_samples=1500", "dataset.val_samples=300", "eval.test_samples=300", "train.epochs=1"])
     first, second = (train(cfg, tmp_path / name) for name in ("a", "b"))
     for key in ("val/loss", "val/recon", "val/kl", "train/steps"):
         assert first[key] == second[key]

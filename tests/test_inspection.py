@@ -14,7 +14,7 @@ from vae_runner.data import Split, TensorBatches, binarize_split, corrupt, selec
 from vae_runner.model import VAEOutput
 from vae_runner.objective import elbo_terms, kl_weight
 
-SMALL = ["dataset.train_samples=3000", "dataset.val_samples=1000", "train.epochs=2", "eval.nll_samples=20"]
+SMALL = ["dataset.train_samples=3000", "dataset.val_samples=1000", "eval.test_samples=1000", "train.epochs=2", "eval.nll_samples=20"]
 
 
 def _run_dir(cwd: Path) -> Path:

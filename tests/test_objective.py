@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 from vae_runner.model import VAEOutput
-from vae_runner.objective import bernoulli_nll, elbo_terms, gaussian_kl, gaussian_nll, kl_weight, likelihood_mean
+from vae_runner.objective import bernoulli_nll, elbo_terms, free_bits_kl, gaussian_kl, gaussian_nll, kl_weight, likelihood_mean
 
 
 def _output(batch: int = 16, latent: int = 8, shape: tuple[int, ...] = (1, 6, 6), seed: int = 0) -> tuple[torch.Tensor, VAEOutput]:
@@ -77,3 +77,22 @@ def test_likelihood_mean_is_an_image_in_unit_range() -> None:
     logits = torch.tensor([-100.0, 0.0, 100.0])
     assert likelihood_mean(logits, "bernoulli").tolist() == [0.0, 0.5, 1.0]
     assert likelihood_mean(torch.tensor([-0.5, 0.3, 1.7]), "gaussian").tolist() == pytest.approx([0.0, 0.3, 1.0])
+
+
+def test_free_bits_on_shards_match_the_whole_batch_value_and_gradient() -> None:
+    # Two ranks' shards of one batch; dimension 0's KL is above the floor on shard A alone and
+    # below it over the whole batch, so a floor applied per shard would give another gradient.
+    kl = torch.tensor([[2.0, 0.1, 1.0], [1.2, 0.3, 1.0], [0.1, 0.2, 1.0], [0.1, 0.4, 1.0]], requires_grad=True)  # (B, D)
+    free_bits = 0.9
+    whole = free_bits_kl(kl.mean(dim=0), free_bits)
+    (grad_whole,) = torch.autograd.grad(whole, kl)
+    assert whole.item() == pytest.approx(0.9 + 0.9 + 1.0)  # dim 0 averages 0.85 < 0.9
+
+    global_mean = kl.detach().mean(dim=0)
+    shards = (kl[:2], kl[2:])
+    # DDP averages the ranks' gradients; each rank weights its loss by its share of the batch times the world size.
+    total = sum(free_bits_kl(s.mean(dim=0), free_bits, batch_mean=lambda m: global_mean) * (2 * len(s) / 4) for s in shards) / 2
+    (grad_shards,) = torch.autograd.grad(total, kl)
+    torch.testing.assert_close(grad_shards, grad_whole)
+    per_shard_floor = sum(free_bits_kl(s.mean(dim=0), free_bits) for s in shards) / 2
+    assert not torch.equal(torch.autograd.grad(per_shard_floor, kl)[0], grad_whole)  # the bug this guards against

@@ -36,7 +36,7 @@ def test_cvae_on_cifar10_jpeg_tree(tmp_path: Path) -> None:
         tar.extractall(tmp_path / "data", filter="data")
     proc = vae_run(
         "model=cvae", "dataset=cifar10", f"dataset.root={tmp_path / 'data'}", "train.epochs=1",
-        "dataset.train_samples=5000", "dataset.val_samples=1000", cwd=tmp_path, timeout=900,
+        "dataset.train_samples=5000", "dataset.val_samples=1000", "eval.test_samples=1000", cwd=tmp_path, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "cvae (conv" in proc.stdout

@@ -20,7 +20,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import build_fake_mnist, vae_eval, vae_run
+from tests.conftest import build_fake_mnist, compose_config, vae_eval, vae_run
+from vae_runner.build import load_data
+from vae_runner.data import Split, TensorBatches
+from vae_runner.evaluate import fixed_examples
+from vae_runner.train import train
 
 TINY = ["dataset.train_samples=300", "dataset.val_samples=60", "eval.test_samples=60", "eval.nll_samples=2", "train.epochs=1"]
 
@@ -233,3 +237,52 @@ def test_a_second_sigterm_is_reported_as_sigterm_not_ctrl_c(mnist_root: Path, tm
     assert proc.returncode == 143, stderr
     assert "stopped" in stderr and "SIGTERM" in stderr and "Traceback" not in stderr
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] >= 5
+
+
+# ------------------------------------------------------------------ numbers that mean what they say
+
+
+def test_validation_uses_the_target_beta_whatever_the_schedule(mnist_root: Path, tmp_path: Path) -> None:
+    # The cyclical schedule is at 0 on the last step; validation must still weigh the KL by beta.
+    cfg = compose_config([f"dataset.root={mnist_root}", *TINY, "model.kl_schedule=cyclical", "model.beta=2", "train.max_steps=8"])
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["val/kl"] > 0.1
+    assert metrics["val/loss"] == pytest.approx(metrics["val/recon"] + 2 * metrics["val/kl"], rel=1e-5)
+
+
+def test_splits_are_disjoint_recorded_and_the_binarised_test_set_is_the_same_for_every_seed(mnist_root: Path) -> None:
+    loaded = {seed: load_data(compose_config([f"dataset.root={mnist_root}", "dataset.binarize=dynamic", f"seed={seed}"])) for seed in (0, 3)}
+    assert torch.equal(loaded[0].test.images, loaded[3].test.images) and torch.equal(loaded[0].val.images, loaded[3].val.images)
+    data = loaded[0]
+    n_train_file = len(data.train) + len(data.val)
+    assert len(data.val) == round(0.1 * n_train_file)  # dataset.val_fraction of the training file, never the test split
+
+
+def test_fixed_examples_are_drawn_across_classes(mnist_root: Path) -> None:
+    sorted_split = Split(torch.zeros(100, 1, 4, 4, dtype=torch.uint8), torch.arange(10).repeat_interleave(10))  # class-sorted, like a folder tree
+    batches = TensorBatches(sorted_split, 16, torch.device("cpu"), shuffle=False)
+    examples = fixed_examples(sorted_split, batches, "none", 0.0, seed=0)
+    assert examples.x.shape[0] == 8 and len(set(examples.y.tolist())) == 8  # not the first 8 (all class 0)
+
+
+def test_a_cvae_reports_conditional_likelihoods_by_name_and_scores_anomalies_without_their_label(mnist_root: Path, tmp_path: Path) -> None:
+    proc = vae_run(f"dataset.root={mnist_root}", *TINY, "model=cvae", "dataset.holdout_classes=[0]", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {"test/nll_given_label", "test/elbo_given_label", "test/bits_per_dim_given_label", "test/anomaly_auroc"} <= set(metrics)
+    assert "test/nll" not in metrics and 0.0 <= metrics["test/anomaly_auroc"] <= 1.0
+
+
+def test_a_streaming_image_folder_gets_the_same_test_metrics(tmp_path: Path) -> None:
+    for i in range(40):
+        folder = tmp_path / "images" / str(i % 2)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 5 * i, np.uint8)).save(folder / f"{i}.png")
+    common = ["dataset=image_folder", f"dataset.path={tmp_path / 'images'}", "dataset.image_size=8", "train.batch_size=8", "eval.nll_samples=2", "train.epochs=1", "dataset.num_workers=0"]
+    metrics = {}
+    for name, memory in (("memory", 4096), ("stream", 0)):
+        proc = vae_run(*common, f"dataset.max_memory_mb={memory}", f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert {k for k in metrics["memory"] if k.startswith("test/") and k != "test/seconds"} == {k for k in metrics["stream"] if k.startswith("test/") and k != "test/seconds"}
+    assert metrics["stream"]["data/test_images"] == metrics["memory"]["data/test_images"] > 0

@@ -17,7 +17,7 @@ from hydra.errors import MissingConfigException
 from tests.conftest import console_script, vae_run
 from vae_runner.cli import describe_config_error
 
-TINY = ["train.max_steps=3", "dataset.train_samples=500", "dataset.val_samples=100", "eval.nll_samples=2"]
+TINY = ["train.max_steps=3", "dataset.train_samples=500", "dataset.val_samples=100", "eval.test_samples=100", "eval.nll_samples=2"]
 
 
 def _sweep_dir(cwd: Path) -> Path:
@@ -67,7 +67,7 @@ def test_optuna_searches_and_reports_the_best_trial(mnist_root: Path, tmp_path: 
 
 
 def test_a_killed_sweep_resumes_without_duplicates(mnist_root: Path, tmp_path: Path) -> None:
-    args = ["-m", "model.beta=1,4", f"dataset.root={mnist_root}", "dataset.train_samples=6000", "dataset.val_samples=200",
+    args = ["-m", "model.beta=1,4", f"dataset.root={mnist_root}", "dataset.train_samples=6000", "dataset.val_samples=200", "eval.test_samples=200",
             "train.epochs=2", "train.checkpoint_every_steps=10", "eval.nll_samples=2"]
     exe = Path(sys.executable).with_name("vae-run")
     proc = subprocess.Popen([str(exe), *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -6,6 +6,7 @@ so they see the same data, the same model and the same batches.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import random
@@ -193,12 +194,11 @@ def make_optimizer(optim_cfg: DictConfig, params: Iterable[torch.nn.Parameter]) 
     `fused` is dropped for optimizers that lack it; an argument the optimizer does
     not take, or a target that is not a torch optimizer, is one sentence.
     """
-    from hydra.utils import get_class
-
-    target = optim_cfg._target_
-    try:
-        cls = get_class(target)
-    except Exception:  # Hydra raises ImportError or ValueError, with its own long text
+    target = str(optim_cfg._target_)
+    module, _, name = target.rpartition(".")
+    try:  # not hydra.utils.get_class: it logs its own multi-line error before raising
+        cls = getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError:
         cls = None
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise UserError(f"optim._target_={target} is not a torch optimizer class; use e.g. torch.optim.Adam, torch.optim.AdamW or torch.optim.SGD.")

@@ -84,31 +84,36 @@ def _read_checked(path: Path, magic: int, title: str, md5s: dict[str, str], cano
         raise DatasetUnavailable(f"{path} cannot be read ({exc.strerror}); {_fix(title)}.") from None
     if not stat.S_ISREG(st.st_mode):
         raise DatasetUnavailable(f"{path} is not a regular file; {_fix(title)}.")
-    # One read: the md5 and the array both come from these bytes.
-    raw = np.fromfile(path, dtype=np.uint8)
     ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    found = int.from_bytes(raw[:4].tobytes(), "big") if len(raw) >= 4 else None
-    if found != magic:
-        what = "it is shorter than 4 bytes" if found is None else f"its magic number is 0x{found:08x}, not 0x{magic:08x}"
-        raise DatasetUnavailable(f"{path} is not an MNIST-format {kind} file ({what}); {_fix(title)}.")
-    if len(raw) < header:
-        raise DatasetUnavailable(f"{path} is {len(raw)} bytes, too short for its own header; it is truncated: {_fix(title)}.")
-    dims = tuple(int(d) for d in raw[4:header].view(">u4"))
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(raw) != expected:
-        shape = "x".join(map(str, dims))
-        problem = "truncated" if len(raw) < expected else "longer than its header says"
-        raise DatasetUnavailable(
-            f"{path} is {len(raw):,} bytes but its header promises {expected:,} ({shape} {kind}), so it is {problem}; "
-            f"{_fix(title)}."
-        )
+    with open(path, "rb") as f:
+        head = f.read(4 + 4 * ndim)
+        found = int.from_bytes(head[:4], "big") if len(head) >= 4 else None
+        if found != magic:
+            what = "it is shorter than 4 bytes" if found is None else f"its magic number is 0x{found:08x}, not 0x{magic:08x}"
+            raise DatasetUnavailable(f"{path} is not an MNIST-format {kind} file ({what}); {_fix(title)}.")
+        if len(head) < 4 + 4 * ndim:
+            raise DatasetUnavailable(f"{path} is {st.st_size} bytes, too short for its own header, so it is truncated; {_fix(title)}.")
+        dims = tuple(int(d) for d in np.frombuffer(head, ">u4", offset=4))
+        expected = len(head) + int(np.prod(dims, dtype=np.int64))
+        # Checked against the size on disk before reading: a wrong file is refused without being read whole.
+        if st.st_size != expected:
+            shape = "x".join(map(str, dims))
+            problem = "truncated" if st.st_size < expected else "longer than its header says"
+            raise DatasetUnavailable(
+                f"{path} is {st.st_size:,} bytes but its header promises {expected:,} ({shape} {kind}), so it is "
+                f"{problem}; {_fix(title)}."
+            )
+        body = np.fromfile(f, dtype=np.uint8)  # one read; the md5 below hashes these same bytes
+    if len(body) != expected - len(head):
+        raise DatasetUnavailable(f"{path} changed size while it was read; {_fix(title)}.")
     canonical = dims[0] == canonical_count and dims[1:] in ((), (28, 28))
     if canonical:
-        actual = hashlib.md5(raw.data).hexdigest()
+        digest = hashlib.md5(head)
+        digest.update(body.data)
+        actual = digest.hexdigest()
         if actual != md5s[path.name]:
             raise DatasetUnavailable(
                 f"{path} has md5 {actual}, not the canonical {title} {md5s[path.name]}, so it is damaged or from "
                 f"another dataset; {_fix(title)}."
             )
-    return raw[header:].reshape(dims), canonical
+    return body.reshape(dims), canonical
