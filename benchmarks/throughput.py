@@ -130,7 +130,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cfg = compose_config(args.batch_size, args.epochs, args.device)
         device = resolve_device(cfg.device)
-        data = load_dataset("mnist", root=args.root, seed=cfg.seed)
+        data = load_dataset("mnist", root=args.root)
         try:
             baseline_set = torchvision.datasets.MNIST(args.root, train=True, transform=torchvision.transforms.ToTensor())
         except RuntimeError:

@@ -140,7 +140,7 @@ def load_data(cfg: DictConfig) -> LoadedData:
     data = load_dataset(
         d.name, root=d.root, path=d.path, image_size=d.image_size, channels=d.channels,
         train_samples=d.train_samples, val_samples=d.val_samples, test_samples=cfg.eval.test_samples,
-        val_fraction=d.val_fraction, max_memory_mb=d.max_memory_mb, num_workers=d.num_workers, seed=cfg.seed,
+        val_fraction=d.val_fraction, max_memory_mb=d.max_memory_mb, num_workers=d.num_workers,
     )
     if (d.binarize != "none" or d.holdout_classes) and not isinstance(data.train, Split):
         raise UserError("dataset.binarize and dataset.holdout_classes need the images in memory; raise dataset.max_memory_mb.")

@@ -57,9 +57,9 @@ class DatasetConfig:
     path: Optional[str] = None  # image_folder: the folder of images
     image_size: Optional[int] = None  # resize to this square size; null keeps the native size
     channels: Optional[int] = None  # image_folder: 1 (greyscale) or 3 (RGB, the default)
-    train_samples: Optional[int] = None  # use only the first N training images
-    val_samples: Optional[int] = None  # use only the first N test images
-    val_fraction: float = 0.1  # image_folder without train/ and test/ subfolders
+    train_samples: Optional[int] = None  # use only N training images, drawn across classes with a fixed seed
+    val_samples: Optional[int] = None  # use only N validation images, drawn the same way
+    val_fraction: float = 0.1  # share of the training images held out for validation (a flat folder: for test too)
     max_memory_mb: int = 4096  # larger image folders stream from disk through a DataLoader
     num_workers: int = 2  # DataLoader workers for decoding image folders
     binarize: str = "none"  # none, static (sampled once), dynamic (resampled every batch, as in the IWAE paper)
@@ -101,7 +101,7 @@ class EvalConfig:
 
     nll_samples: int = 100  # importance samples K for test/nll (1: the ELBO; papers use 5000)
     nll_chunk: int = 50  # samples decoded at once (memory)
-    test_samples: Optional[int] = None  # evaluate only the first N test images
+    test_samples: Optional[int] = None  # evaluate only N test images, drawn across classes with a fixed seed
 
 
 @dataclass
@@ -187,68 +187,76 @@ def swept_keys(argv: Optional[list[str]] = None) -> set[str]:
 def validate(cfg: DictConfig) -> None:
     """Refuse keys the schema does not know and values its types allow but a run cannot use, with one sentence each."""
     check_known_keys(cfg)
-    m, d, t, o = cfg.model, cfg.dataset, cfg.train, cfg.optim
+    _choice("precision", cfg.precision, PRECISIONS)
+    if not DEVICE_PATTERN.match(str(cfg.device)):
+        raise UserError(f"device={cfg.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps.")
     if not 0 <= cfg.seed < 2**32:
         raise UserError(f"seed={cfg.seed} is out of range; use an integer from 0 to 2**32 - 1 (4294967295).")
+    _check_model(cfg.model)
+    _check_dataset(cfg.dataset)
+    _check_train(cfg.train, cfg.optim, cfg.eval)
+
+
+def _check_model(m: DictConfig) -> None:
+    _choice("model.arch", m.arch, ARCHS)
+    _choice("model.likelihood", m.likelihood, LIKELIHOODS)
+    _choice("model.kl_schedule", m.kl_schedule, KL_SCHEDULES)
+    _positive("model.latent_dim", m.latent_dim)
+    _positive("model.kl_cycles", m.kl_cycles)
     for key in ("hidden_dims", "conv_channels"):
         if not m[key]:
             raise UserError(f"model.{key}=[] is empty; list at least one layer width, e.g. model.{key}=[{','.join(map(str, getattr(ModelConfig(), key)))}].")
-    _choice("model.arch", m.arch, ARCHS)
-    _choice("model.likelihood", m.likelihood, LIKELIHOODS)
-    _choice("dataset.name", d.name, DATASETS)
-    _choice("precision", cfg.precision, PRECISIONS)
-    _choice("model.kl_schedule", m.kl_schedule, KL_SCHEDULES)
-    _choice("dataset.binarize", d.binarize, BINARIZE)
-    _choice("dataset.noise", d.noise, NOISES)
-    _positive("model.kl_cycles", m.kl_cycles)
-    _positive("eval.nll_samples", cfg.eval.nll_samples)
-    _positive("eval.nll_chunk", cfg.eval.nll_chunk)
-    if cfg.eval.test_samples is not None:
-        _positive("eval.test_samples", cfg.eval.test_samples)
+        for i, width in enumerate(m[key]):
+            _positive(f"model.{key}[{i}]", width)
     if not 0 < m.kl_cycle_ratio <= 1:
         raise UserError(f"model.kl_cycle_ratio={m.kl_cycle_ratio} must lie in (0, 1].")
     if not (math.isfinite(m.free_bits) and m.free_bits >= 0):
         raise UserError(f"model.free_bits={m.free_bits} must be a finite number >= 0 (nats per latent dimension).")
-    if d.noise != "none" and not (0 < d.noise_level < (1 if d.noise == "salt_pepper" else math.inf)):
-        raise UserError(f"dataset.noise_level={d.noise_level} does not suit dataset.noise={d.noise}; use a level > 0 (a fraction < 1 for salt_pepper).")
-    _positive("model.latent_dim", m.latent_dim)
-    _positive("train.batch_size", t.batch_size)
-    _positive("train.epochs", t.epochs)
-    _positive("train.log_every_steps", t.log_every_steps)
-    _positive("train.image_every_epochs", t.image_every_epochs)
-    for key, value in (("model.beta", m.beta), ("optim.weight_decay", o.weight_decay), ("dataset.val_fraction", d.val_fraction)):
-        if not math.isfinite(value):
-            raise UserError(f"{key}={value} is not a finite number; pass a finite value.")
-    for key, value in (("dataset.num_workers", d.num_workers), ("dataset.max_memory_mb", d.max_memory_mb), ("optim.weight_decay", o.weight_decay)):
-        if value < 0:
-            raise UserError(f"{key}={value} is negative; use 0 or more.")
-    _positive("optim.lr", o.lr)
-    for i, width in enumerate(m.hidden_dims):
-        _positive(f"model.hidden_dims[{i}]", width)
-    for i, width in enumerate(m.conv_channels):
-        _positive(f"model.conv_channels[{i}]", width)
+    if not math.isfinite(m.beta):
+        raise UserError(f"model.beta={m.beta} is not a finite number; pass a finite value.")
     if m.beta < 0:
         raise UserError(f"model.beta={m.beta} is negative; use a KL weight >= 0 (1 is the plain VAE).")
     if m.kl_warmup_steps < 0:
         raise UserError(f"model.kl_warmup_steps={m.kl_warmup_steps} is negative; use 0 for no warm-up.")
+
+
+def _check_dataset(d: DictConfig) -> None:
+    _choice("dataset.name", d.name, DATASETS)
+    _choice("dataset.binarize", d.binarize, BINARIZE)
+    _choice("dataset.noise", d.noise, NOISES)
+    if d.noise != "none" and not (0 < d.noise_level < (1 if d.noise == "salt_pepper" else math.inf)):
+        raise UserError(f"dataset.noise_level={d.noise_level} does not suit dataset.noise={d.noise}; use a level > 0 (a fraction < 1 for salt_pepper).")
+    for key in ("num_workers", "max_memory_mb"):
+        if d[key] < 0:
+            raise UserError(f"dataset.{key}={d[key]} is negative; use 0 or more.")
     for key in ("image_size", "train_samples", "val_samples"):
         if d[key] is not None:
             _positive(f"dataset.{key}", d[key])
-    if t.max_steps is not None:
-        _positive("train.max_steps", t.max_steps)
-    if t.grad_clip is not None:
-        _positive("train.grad_clip", t.grad_clip)
-    _positive("train.max_skipped_steps", t.max_skipped_steps)
-    if t.checkpoint_every_steps < 0:
-        raise UserError(f"train.checkpoint_every_steps={t.checkpoint_every_steps} is negative; use 0 to checkpoint at epoch ends only.")
     if d.channels not in (None, 1, 3):
         raise UserError(f"dataset.channels={d.channels} is not supported; use 1 (greyscale) or 3 (RGB).")
-    if not 0 < d.val_fraction < 1:
+    if not (math.isfinite(d.val_fraction) and 0 < d.val_fraction < 1):
         raise UserError(f"dataset.val_fraction={d.val_fraction} must lie strictly between 0 and 1.")
-    if not DEVICE_PATTERN.match(str(cfg.device)):
-        raise UserError(f"device={cfg.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps.")
     if d.name == "image_folder" and not d.path:
         raise UserError("dataset=image_folder needs dataset.path: pass dataset.path=/folder/of/images.")
+
+
+def _check_train(t: DictConfig, o: DictConfig, e: DictConfig) -> None:
+    for key in ("batch_size", "epochs", "log_every_steps", "image_every_epochs", "max_skipped_steps"):
+        _positive(f"train.{key}", t[key])
+    for key in ("max_steps", "grad_clip"):
+        if t[key] is not None:
+            _positive(f"train.{key}", t[key])
+    if t.checkpoint_every_steps < 0:
+        raise UserError(f"train.checkpoint_every_steps={t.checkpoint_every_steps} is negative; use 0 to checkpoint at epoch ends only.")
+    _positive("optim.lr", o.lr)
+    if not math.isfinite(o.weight_decay):
+        raise UserError(f"optim.weight_decay={o.weight_decay} is not a finite number; pass a finite value.")
+    if o.weight_decay < 0:
+        raise UserError(f"optim.weight_decay={o.weight_decay} is negative; use 0 or more.")
+    _positive("eval.nll_samples", e.nll_samples)
+    _positive("eval.nll_chunk", e.nll_chunk)
+    if e.test_samples is not None:
+        _positive("eval.test_samples", e.test_samples)
 
 
 # Groups whose extra keys are legitimate: optim.* are the optimizer's own arguments (checked against its signature).

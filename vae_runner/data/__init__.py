@@ -3,7 +3,7 @@
 from vae_runner.data.batches import Batch, StreamingBatches, TensorBatches, corrupt, make_batches, to_unit_float
 from vae_runner.data.datasets import DatasetInfo, LoadedData, load_dataset
 from vae_runner.data.memory import available_memory
-from vae_runner.data.splits import SPLIT_SEED, Split, binarize_split, select_classes, stratified_subset, take
+from vae_runner.data.splits import SPLIT_SEED, Split, binarize_split, select_classes, stratified_subset
 
 __all__ = [
     "SPLIT_SEED",
@@ -20,6 +20,5 @@ __all__ = [
     "make_batches",
     "select_classes",
     "stratified_subset",
-    "take",
     "to_unit_float",
 ]

@@ -20,13 +20,13 @@ from torch.utils.data import Dataset
 from vae_runner.data.folders import UNREADABLE, ImageFiles, Listing, collate_images, decode_all, decode_bytes, list_images
 from vae_runner.data.idx import FORMATS, missing_files, read_mnist_format
 from vae_runner.data.memory import require_memory, resize_plan
-from vae_runner.data.splits import SPLIT_SEED, Split, binarize_split, hold_out, holdout_size, select_classes, stratified_indices, take
+from vae_runner.data.splits import SPLIT_SEED, Split, binarize_split, hold_out, holdout_size, select_classes, stratified_indices
 from vae_runner.errors import DatasetUnavailable, UserError
 
 log = logging.getLogger(__name__)
 
 # Re-exported: older code imports these from here.
-__all__ = ["DatasetInfo", "LoadedData", "Split", "binarize_split", "collate_images", "load_dataset", "select_classes", "take"]
+__all__ = ["DatasetInfo", "LoadedData", "Split", "binarize_split", "collate_images", "load_dataset", "select_classes"]
 
 
 @dataclass
@@ -63,14 +63,12 @@ def load_dataset(
     val_fraction: float = 0.1,
     max_memory_mb: int = 4096,
     num_workers: int = 2,
-    seed: int = 0,
 ) -> LoadedData:
     """Train, validation (held out from the training images) and test splits, each capped by a class-balanced subset.
 
-    `seed` is the run's seed; nothing here depends on it: the partition and the
-    subsets use SPLIT_SEED, so runs with different seeds see the same images.
+    The partition and the subsets use SPLIT_SEED, not the run's seed, so runs
+    with different seeds see the same images.
     """
-    del seed  # accepted so that callers can pass the run's seed; see the docstring
     if not 0 < val_fraction < 1:
         raise UserError(f"dataset.val_fraction={val_fraction} must lie strictly between 0 and 1.")
     caps = {"dataset.train_samples": train_samples, "dataset.val_samples": val_samples, "eval.test_samples": test_samples}

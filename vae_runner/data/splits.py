@@ -82,13 +82,6 @@ def stratified_subset(split: Split, n: Optional[int], seed: int) -> Split:
     return split.index(stratified_indices(split.labels, len(split), n, seed))
 
 
-def take(split: Split, n: Optional[int]) -> Split:
-    """The first n images (all when n is None); for a subset across classes use `stratified_subset`."""
-    if n is None or n >= len(split):
-        return split
-    return Split(split.images[:n], None if split.labels is None else split.labels[:n])
-
-
 def select_classes(split: Split, classes: Sequence[int], keep: bool) -> Split:
     """The images whose label is (keep=True) or is not (keep=False) among `classes`."""
     if split.labels is None:
