@@ -73,6 +73,13 @@ def vae_run(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
     return console_script("vae-run", *args, cwd=cwd, timeout=timeout)
 
 
+def vae_run_background(*args: str, cwd: Path) -> subprocess.Popen:
+    """`vae-run ARGS` in `cwd`, started and left running, its output piped (to signal or kill it mid-run)."""
+    exe = Path(sys.executable).with_name("vae-run")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([str(exe), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
 def vae_eval(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`vae-eval ARGS`."""
     return console_script("vae-eval", *args, cwd=Path.cwd(), timeout=timeout)

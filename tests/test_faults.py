@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import compose_config, read_scalars, vae_run
+from tests.conftest import compose_config, read_scalars, vae_run, vae_run_background
 from vae_runner.atomic import OutputError, atomic_write
 from vae_runner.checkpoint import load_checkpoint, save_checkpoint
 from vae_runner.errors import UserError
@@ -24,12 +24,6 @@ from vae_runner.model import VAE
 from vae_runner.train import StopSignals, train
 
 RUN = ["train.epochs=2", "dataset.train_samples=6000", "dataset.val_samples=500", "eval.test_samples=500", "train.checkpoint_every_steps=10", "train.log_every_steps=1"]
-
-
-def _popen(*args: str, cwd: Path) -> subprocess.Popen:
-    exe = Path(sys.executable).with_name("vae-run")
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([str(exe), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _wait_for_checkpoint(path: Path, proc: subprocess.Popen, min_step: int, timeout: float = 120) -> int:
@@ -57,7 +51,7 @@ def uninterrupted(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_sigkill_then_resume_equals_an_uninterrupted_run(mnist_root: Path, tmp_path: Path, uninterrupted: dict) -> None:
     run_dir = tmp_path / "run"
     args = (f"dataset.root={mnist_root}", *RUN, f"hydra.run.dir={run_dir}")
-    proc = _popen(*args, cwd=tmp_path)
+    proc = vae_run_background(*args, cwd=tmp_path)
     killed_after = _wait_for_checkpoint(run_dir / "checkpoints" / "last.pt", proc, min_step=20)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -80,7 +74,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(mnist_root: Path, tmp_p
 def test_sigterm_sigint_and_preemption_checkpoint_and_exit_143_130_140(mnist_root: Path, tmp_path: Path) -> None:
     for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGUSR2, 140)):
         run_dir = tmp_path / sig.name
-        proc = _popen(f"dataset.root={mnist_root}", *RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        proc = vae_run_background(f"dataset.root={mnist_root}", *RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
         _wait_for_checkpoint(run_dir / "checkpoints" / "last.pt", proc, min_step=10)
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)

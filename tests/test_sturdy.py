@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import build_fake_mnist, compose_config, vae_eval, vae_run
+from tests.conftest import build_fake_mnist, compose_config, vae_eval, vae_run, vae_run_background
 from vae_runner.build import load_data
 from vae_runner.data import Split, TensorBatches
 from vae_runner.evaluate import fixed_examples
@@ -40,11 +39,6 @@ def _one_error_line(proc: subprocess.CompletedProcess, expected: str, code: int 
 
 def _no_temporary_files(folder: Path) -> None:
     assert not [p for p in folder.rglob("*.tmp")], list(folder.rglob("*.tmp"))
-
-
-def _popen(*args: str, cwd: Path) -> subprocess.Popen:
-    exe = Path(sys.executable).with_name("vae-run")
-    return subprocess.Popen([str(exe), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, text: str = "", timeout: float = 120) -> None:
@@ -131,7 +125,7 @@ def test_disk_full_names_the_path_and_space_and_keeps_the_previous_checkpoint(mn
 
 def test_a_second_process_in_a_run_directory_is_refused_and_changes_nothing(mnist_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    first = _popen(f"dataset.root={mnist_root}", "dataset.train_samples=2000", "train.epochs=50", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    first = vae_run_background(f"dataset.root={mnist_root}", "dataset.train_samples=2000", "train.epochs=50", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     try:
         _wait_for(run_dir / ".lock.pid", first)
         config = (run_dir / ".hydra" / "config.yaml").read_bytes()
@@ -216,7 +210,7 @@ def test_an_odd_image_folder_trains_on_its_real_images_and_says_what_it_skipped(
 
 def test_sigterm_during_the_final_evaluation_says_so_and_exits_143(mnist_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = _popen(f"dataset.root={mnist_root}", *TINY, "eval.test_samples=null", "eval.nll_samples=5000", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = vae_run_background(f"dataset.root={mnist_root}", *TINY, "eval.test_samples=null", "eval.nll_samples=5000", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     _wait_for(run_dir / "vae-run.log", proc, text="epoch 1/1")
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
@@ -229,7 +223,7 @@ def test_sigterm_during_the_final_evaluation_says_so_and_exits_143(mnist_root: P
 
 def test_a_second_sigterm_is_reported_as_sigterm_not_ctrl_c(mnist_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = _popen(f"dataset.root={mnist_root}", "dataset.train_samples=2000", "train.epochs=50", "train.checkpoint_every_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = vae_run_background(f"dataset.root={mnist_root}", "dataset.train_samples=2000", "train.epochs=50", "train.checkpoint_every_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     _wait_for(run_dir / "checkpoints" / "last.pt", proc)
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGTERM)

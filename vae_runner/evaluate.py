@@ -118,13 +118,13 @@ def fixed_examples(split: Split | Dataset, batches: Batches, noise: str, level: 
         x = to_unit_float(chosen.images.to(batches.device))
         y = None if chosen.labels is None else chosen.labels.to(batches.device)
     else:
-        xs, ys = [], []
-        for xb, yb in batches.epoch(0):
-            xs.append(xb), ys.append(yb)
-            if sum(len(b) for b in xs) >= n:
+        streamed = []
+        for batch in batches.epoch(0):
+            streamed.append(batch)
+            if sum(len(xb) for xb, _ in streamed) >= n:
                 break
-        x = torch.cat(xs)[:n]
-        y = None if ys[0] is None else torch.cat(ys)[:n]
+        x = torch.cat([xb for xb, _ in streamed])[:n]
+        y = None if streamed[0][1] is None else torch.cat([yb for _, yb in streamed])[:n]
     noisy = None
     if noise != "none":
         with seeded_rng(seed + NOISE_STREAM, x.device):
