@@ -66,6 +66,7 @@ def _check_one_line_exit_2(proc, expected: str, cwd: Path) -> None:  # type: ign
     assert "Traceback" not in proc.stdout + proc.stderr
     runs = cwd / "outputs" / "runs"
     assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())  # no half-written run
+    assert not list(cwd.rglob("*.tmp"))  # no temporary file
 
 
 @pytest.mark.parametrize(("overrides", "expected"), CASES, ids=[" ".join(c[0]) for c in CASES])
