@@ -75,6 +75,7 @@ def build(cfg: DictConfig, device: Optional[torch.device] = None) -> Built:
             f"({len(data.train)} images); use a smaller batch size."
         )
     model = build_model(cfg.model, data.info).to(device)
+    _check_evaluation_fits(cfg, data.info, model)
     d = cfg.dataset
     make = partial(make_batches, batch_size=cfg.train.batch_size, device=device, seed=cfg.seed, num_workers=d.num_workers)
     return Built(
@@ -150,11 +151,16 @@ def load_data(cfg: DictConfig) -> LoadedData:
         if d.binarize == "static":
             data.train = binarize_split(data.train, cfg.seed + 1)
     if d.holdout_classes:
-        unknown = sorted(set(d.holdout_classes) - set(range(data.info.num_classes)))
+        held = list(d.holdout_classes)
+        if not data.info.num_classes:
+            raise UserError(f"dataset.holdout_classes={held} needs labelled images, and {d.name} has none; use class subfolders, or drop the key.")
+        unknown = sorted(set(held) - set(range(data.info.num_classes)))
         if unknown:
-            raise UserError(f"dataset.holdout_classes={list(d.holdout_classes)} names classes {unknown} that {d.name} lacks; use 0..{data.info.num_classes - 1}.")
-        data.train = select_classes(data.train, d.holdout_classes, keep=False)
-        data.val = select_classes(data.val, d.holdout_classes, keep=False)
+            raise UserError(f"dataset.holdout_classes={held} names classes {unknown} that {d.name} lacks; use 0..{data.info.num_classes - 1}.")
+        data.train = select_classes(data.train, held, keep=False)
+        data.val = select_classes(data.val, held, keep=False)
+        if not len(data.train) or not len(data.val):
+            raise UserError(f"dataset.holdout_classes={held} leaves no images to train or validate on; hold out fewer classes.")
     return data
 
 
@@ -188,6 +194,22 @@ def _check_model_fits(make: Any, info: DatasetInfo) -> None:
         )
 
 
+def _check_evaluation_fits(cfg: DictConfig, info: DatasetInfo, model: VAE) -> None:
+    """The importance-sampled NLL decodes `eval.nll_chunk` samples of a whole batch at once: refuse a chunk that cannot fit, before training."""
+    images = min(cfg.eval.nll_chunk, cfg.eval.nll_samples) * cfg.train.batch_size
+    if model.arch == "mlp":
+        widths = sum(cfg.model.hidden_dims)
+    else:  # each transposed convolution's output: channels x (side / 2^depth)^2
+        widths = sum(c * (info.image_size // 2 ** (i + 1)) ** 2 for i, c in enumerate(cfg.model.conv_channels))
+    # Per decoded image, in fp32: the repeated input, the decoder's output and the per-pixel loss, plus the hidden layers.
+    needed, free = images * 4 * (3 * info.channels * info.image_size**2 + 2 * widths), available_memory()
+    if needed > free:
+        raise UserError(
+            f"eval.nll_chunk={cfg.eval.nll_chunk} decodes {images:,} images at once (x train.batch_size={cfg.train.batch_size}), "
+            f"about {needed / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB is available; use a smaller eval.nll_chunk, e.g. 10."
+        )
+
+
 def make_optimizer(optim_cfg: DictConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """The optimizer `optim._target_` names, with the other `optim.*` keys as its arguments.
 
@@ -212,9 +234,10 @@ def make_optimizer(optim_cfg: DictConfig, params: Iterable[torch.nn.Parameter]) 
         raise UserError(f"optim.{unknown[0]} is not an argument of {target} (it takes {takes}); remove it, or choose an optimizer that takes it.")
     try:
         return cls(params, **kwargs)
-    except (ValueError, TypeError, RuntimeError) as err:
+    except Exception as err:  # the optimizer's own checks: ValueError, TypeError, IndexError (betas=[0.9]) ...
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{target} refused the optim.* settings ({detail}); check optim.lr and the other optim keys.") from None
+        settings = " ".join(f"optim.{k}={v}" for k, v in kwargs.items())
+        raise UserError(f"{target} refused {settings} ({detail}); change the value it names.") from None
 
 
 def check_optimizer(optim_cfg: DictConfig) -> None:

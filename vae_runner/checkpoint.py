@@ -88,7 +88,7 @@ def load_model_state(model: nn.Module, state: dict[str, Any], path: Path) -> Non
     except RuntimeError as err:
         detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line or "Missing" in line or "Unexpected" in line), "")
         raise UserError(
-            f"{path} holds a model of a different shape than this config ({detail[:120]}); "
+            f"{path} holds a model of a different shape than this config ({detail.rstrip('.')}); "
             f"resume with the run's own settings, or start a new run directory."
         ) from None
 

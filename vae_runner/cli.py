@@ -7,9 +7,9 @@ import math
 import os
 import shutil
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Iterator, NoReturn, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from vae_runner.config import SWEPT_ENV, config_dir, register_configs, swept_keys, validate
+from vae_runner.atomic import atomic_write
+from vae_runner.config import STAMP_ENV, SWEPT_ENV, config_dir, register_configs, run_stamp, swept_keys, validate
 from vae_runner.errors import UserError
 from vae_runner.lock import RunLock
 from vae_runner.resume import RESUME_ENV, check_resumable, expand_resume
@@ -76,11 +77,21 @@ def print_summary(metrics: dict[str, float], run_dir: Path, title: str = "vae-ru
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
-        integer = name.endswith(("images_per_s", "steps", "epochs", "units", "_images"))
-        table.add_row(name, f"{value:,.0f}" if integer else f"{value:,.3f}")
+        if name.endswith("epochs"):
+            shown = f"{value:.3g}"  # 10, or 0.533 when train.max_steps stopped mid-epoch
+        else:
+            shown = f"{value:,.0f}" if name.endswith(("images_per_s", "steps", "units", "_images")) else f"{value:,.3f}"
+        table.add_row(name, shown)
     console.print(table)
     console.print(f"run directory: [bold]{run_dir}[/]")
     console.print(f"tensorboard:   tensorboard --logdir {run_dir.parent}")
+
+
+FRESH_ENV = "VAE_RUNNER_FRESH_DIR"  # the run or sweep folder this command creates (absent before it started)
+# Set by `main` for a single run: the lock it took before Hydra wrote anything, and the records Hydra is
+# about to overwrite in an existing run directory (put back if the run is refused before it trains).
+_held_lock: Optional[RunLock] = None
+_previous_records: dict[Path, bytes] = {}
 
 
 def run(cfg: DictConfig) -> float:
@@ -100,7 +111,9 @@ def run(cfg: DictConfig) -> float:
                 logging.getLogger().setLevel(logging.WARNING)
         else:
             _share_cores(HydraConfig.get().launcher)
-        with RunLock(run_dir.lock, str(run_dir.root)) if distributed.is_main() else nullcontext():
+        # A sweep's jobs lock their own folders; a single run's lock was taken in `main`.
+        locked = _held_lock is None and distributed.is_main()
+        with RunLock(run_dir.lock, str(run_dir.root)) if locked else nullcontext():
             metrics = _validate_and_train(cfg, run_dir)
     except UserError as err:
         fail(str(err))
@@ -115,19 +128,45 @@ def run(cfg: DictConfig) -> float:
 
 
 def _validate_and_train(cfg: DictConfig, run_dir: RunDir) -> dict[str, float]:
-    """Check the config, show it, train; a run stopped before it produced anything leaves no directory behind."""
+    """Check the config, show it, train; a run refused or stopped before it trains leaves its folder as it found it."""
     from vae_runner import distributed
     from vae_runner.train import Interrupted, train
+
+    started = False
+
+    def mark_started() -> None:
+        nonlocal started
+        started = True
 
     try:
         validate(cfg)
         if distributed.is_main():
             print_config(cfg)
-        return train(cfg, run_dir.root)
+        return train(cfg, run_dir.root, on_start=mark_started)
     except (UserError, Interrupted):
-        if run_dir.only_records():
-            shutil.rmtree(run_dir.root, ignore_errors=True)
+        if not started and distributed.is_main():
+            _undo(run_dir)
         raise
+
+
+def _undo(run_dir: RunDir) -> None:
+    """A folder this command created goes, if it holds only records; an existing run gets back the records Hydra overwrote."""
+    fresh = os.environ.get(FRESH_ENV)
+    root = run_dir.root.absolute()
+    if fresh and (root == Path(fresh) or Path(fresh) in root.parents):
+        if run_dir.only_records():
+            shutil.rmtree(root, ignore_errors=True)
+        return
+    if _held_lock is None:  # a job of a resumed sweep: its records are the sweep's, left as they are
+        return
+    for path in run_dir.config.parent.glob("*.yaml"):
+        if path not in _previous_records:
+            path.unlink(missing_ok=True)
+    for path, content in _previous_records.items():
+        atomic_write(path, lambda f, content=content: f.write(content))
+    if not _previous_records:
+        with suppress(OSError):
+            run_dir.config.parent.rmdir()
 
 
 # Decorated apart from `run` itself, so that launchers pickle the task by reference (joblib workers
@@ -150,43 +189,53 @@ def _share_cores(launcher: DictConfig) -> None:
 # ------------------------------------------------------------------ before Hydra runs
 
 
-def preflight(argv: list[str]) -> None:
+def preflight(argv: list[str]) -> tuple[Optional[Path], bool]:
     """Compose the config the way Hydra will, so that a bad key, value or group is one sentence and exit 2, before any work.
 
-    For a sweep, the first value of each swept key stands for all; every job is
-    validated again when it runs.
+    For a sweep, every value of each swept key is checked (the other keys at
+    their first value); `interval()` sweeps (Optuna) are checked as each job runs.
+    Returns the run (or sweep) folder and whether this is a sweep.
     """
-    from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
-        return
-    overrides = []
+        return None, False
+    fixed, swept = [], {}
     for override in OverridesParser.create().parse_overrides(args.overrides):
-        if override.is_sweep_override() and not args.multirun:
+        if not override.is_sweep_override():
+            fixed.append(override.input_line)
+        elif not args.multirun:
             raise UserError(
                 f"{override.input_line} gives several values, which only a sweep runs; add -m "
                 f"(vae-run -m {override.input_line}), or pass one value."
             )
-        if override.is_sweep_override():
-            try:
-                overrides.append(f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}")
-            except Exception:  # interval() sweeps (Optuna) have no first value: checked when each job runs
-                continue
-        else:
-            overrides.append(override.input_line)
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name=args.config_name or "config", overrides=overrides, return_hydra_config=True)
-    out = cfg.hydra.sweep.dir if args.multirun else cfg.hydra.run.dir
-    _check_writable(Path(out), "hydra.sweep.dir" if args.multirun else "hydra.run.dir")
-    validate(cfg)
+        elif not override.is_interval_sweep():
+            swept[override.get_key_element()] = list(override.sweep_string_iterator())
+    first = {key: values[0] for key, values in swept.items()}
+    cfg = _checked(args.config_name, fixed, first)
+    for key, values in swept.items():
+        for value in values[1:]:
+            _checked(args.config_name, fixed, {**first, key: value})
+    out = Path(cfg.hydra.sweep.dir if args.multirun else cfg.hydra.run.dir)
+    _check_writable(out, "hydra.sweep.dir" if args.multirun else "hydra.run.dir")
+    if not args.multirun and out.is_dir():
+        check_resumable(RunDir(out), cfg)  # before Hydra rewrites its records
+    return out, bool(args.multirun)
+
+
+def _checked(config_name: Optional[str], fixed: list[str], swept: dict[str, str]) -> DictConfig:
+    """The composed config for these overrides, refused with one sentence when a run could not use it."""
+    from hydra import compose, initialize_config_dir
+
     from vae_runner.build import check_optimizer
 
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name=config_name or "config", overrides=[*fixed, *(f"{k}={v}" for k, v in swept.items())], return_hydra_config=True)
+    validate(cfg)
     check_optimizer(cfg.optim)
-    if not args.multirun and Path(out).is_dir():
-        check_resumable(RunDir(Path(out)), cfg)  # before Hydra rewrites its records
+    return cfg
 
 
 def _check_writable(folder: Path, key: str) -> None:
@@ -232,19 +281,46 @@ def main(argv: Optional[list[str]] = None) -> None:
         from vae_runner import distributed
 
         distributed.init()  # before Hydra names the run directory: the ranks agree on one
+    # One stamp for the folder name, so that preflight and Hydra name the same folder.
+    os.environ.setdefault(STAMP_ENV, run_stamp())
     try:
         argv = expand_resume(argv)
-        preflight(argv)
+        out, multirun = preflight(argv)
     except UserError as err:
         fail(str(err))
+    except KeyboardInterrupt:
+        fail("interrupted before the run started; nothing was written.", 130)
     except Exception as err:  # Hydra's composition and override-parsing errors
         fail(describe_config_error(err))
     os.environ[SWEPT_ENV] = ",".join(sorted(swept_keys(argv)))
+    os.environ[FRESH_ENV] = "" if out is None or out.exists() else str(out.absolute())
     sys.argv = [sys.argv[0], *argv]
     try:
-        hydra_run()
+        with _single_run_lock(out, multirun):
+            hydra_run()
+    except UserError as err:
+        fail(str(err))
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once
         fail("interrupted; the last checkpoint in the run directory is intact.", 130)
+
+
+@contextmanager
+def _single_run_lock(out: Optional[Path], multirun: bool) -> Iterator[None]:
+    """A single run's folder is locked before Hydra writes its records there; the records it will overwrite are kept."""
+    global _held_lock
+    from vae_runner import distributed
+
+    if multirun or out is None or not distributed.is_main():
+        yield
+        return
+    run_dir = RunDir(out)
+    with RunLock(run_dir.lock, str(out)) as lock:
+        _held_lock = lock
+        _previous_records.update({p: p.read_bytes() for p in run_dir.config.parent.glob("*.yaml")})
+        try:
+            yield
+        finally:
+            _held_lock = None
 
 
 EVAL_USAGE = """usage: vae-eval RUN_DIR [KEY=VALUE ...]

@@ -30,6 +30,7 @@ from vae_runner.metrics import active_units, auroc, importance_log_likelihood, k
 from vae_runner.model import VAE
 from vae_runner.objective import elbo_terms, gaussian_kl, recon_nll
 from vae_runner.pictures import denoising_grid, interpolation, latent_scatter, latent_traversal, manifold_grid
+from vae_runner.resume import EVALUATION_CHANGES
 from vae_runner.run_dir import RunDir, read_metrics
 from vae_runner.tracking import Tracker, prior_latents, reconstruction_grid, samples_grid
 
@@ -333,8 +334,16 @@ def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, floa
             f"pass a folder under outputs/runs/ or outputs/sweeps/<time>/."
         )
     previous = read_metrics(run.metrics) if run.metrics.is_file() else {}  # a corrupt file is refused before the work
+    overrides = [o.lstrip("+") for o in overrides]
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if "=" not in override or not key.startswith(EVALUATION_CHANGES):
+            raise UserError(
+                f"vae-eval cannot apply {override}: it may change only eval.*, device, precision and where the data is "
+                f"(dataset.root, dataset.path), so that the metrics still describe the run; train a new run for the rest."
+            )
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run.config), OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run.config), OmegaConf.from_dotlist(overrides))
     except Exception as err:  # unknown key, wrong type: OmegaConf's errors
         raise UserError(f"cannot apply {' '.join(overrides) or 'the saved config'}: {str(err).splitlines()[0]}; check the keys against README.") from None
     validate(cfg)

@@ -17,10 +17,12 @@ RESUME_ENV = "VAE_RUNNER_RESUME_SWEEP"  # set by `-m ... resume=true`: finished 
 # What a resumed run may change: how long it trains, how often it logs, how it is evaluated and where
 # things are. Anything else (the model, the data, the optimizer, the seed, the batch) would make the
 # checkpoint mean something else, or be silently overridden by the optimizer state it holds.
+# `vae-eval` may change how a run is evaluated and where things are, nothing that would make the
+# metrics describe another model or other data than the run trained on.
+EVALUATION_CHANGES = ("eval.", "device", "precision", "dataset.root", "dataset.path", "dataset.num_workers", "dataset.max_memory_mb")
 RESUMABLE_CHANGES = (
     "train.epochs", "train.max_steps", "train.log_every_steps", "train.image_every_epochs",
-    "train.checkpoint_every_steps", "train.max_skipped_steps", "eval.", "device", "precision",
-    "dataset.root", "dataset.path", "dataset.num_workers", "dataset.max_memory_mb",
+    "train.checkpoint_every_steps", "train.max_skipped_steps", *EVALUATION_CHANGES,
 )
 
 
@@ -43,7 +45,13 @@ def expand_resume(argv: list[str]) -> list[str]:
     run = RunDir(Path(value).expanduser())
     if not run.overrides.is_file():
         raise UserError(f"resume={run.root} is not a vae-run run directory (no .hydra/overrides.yaml); pass a folder under outputs/runs/.")
-    previous = [str(o) for o in OmegaConf.load(run.overrides) if not str(o).startswith(("hydra.", "resume=", "+resume="))]
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(run.overrides))
+    except Exception as err:  # YAML errors
+        saved = err
+    if not isinstance(saved, list) or not all(isinstance(o, str) and "=" in o for o in saved):
+        raise UserError(f"{run.overrides} is not a YAML list of key=value overrides; restore it (vae-compare and resume read it), or start a new run.")
+    previous = [o for o in saved if not o.startswith(("hydra.", "resume=", "+resume="))]
     return [*previous, *rest, f"hydra.run.dir={run.root}"]
 
 

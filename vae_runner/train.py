@@ -70,7 +70,8 @@ class StopSignals:
     the final evaluation) `at_once` holds the message, and any signal stops at once.
     """
 
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+    # SIGHUP: the terminal or SSH session closed.
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
 
     def __init__(self, at_once: Optional[str] = None) -> None:
         self.signum: Optional[int] = None
@@ -136,11 +137,16 @@ class Session:
         return self.progress.seconds + time.perf_counter() - self.started
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
-    """Train the configured VAE in `run_dir`, resuming from its checkpoint if it has one; returns the final metrics."""
+def train(cfg: DictConfig, run_dir: Path, on_start: Optional[Callable[[], None]] = None) -> dict[str, float]:
+    """Train the configured VAE in `run_dir`, resuming from its checkpoint if it has one; returns the final metrics.
+
+    `on_start` is called once the run is built and resumed, just before the first epoch.
+    """
     run = RunDir(run_dir)
     with StopSignals(at_once="before training started; nothing was saved.") as stop:
         s = start(cfg, run)
+        if on_start is not None:
+            on_start()
         try:
             stop.at_once, last_val = None, None
             while not s.finished():
@@ -160,7 +166,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             "train/seconds": loop_seconds,
             "train/images_per_s": p.images_seen / max(p.step_seconds, 1e-9),
             "train/steps": p.step,
-            "train/epochs": min(p.epoch, cfg.train.epochs),
+            "train/epochs": p.epoch - 1 + p.batches_done / s.built.steps_per_epoch,  # trained, in all sessions (not the config's)
             "train/skipped_steps": p.skipped_steps,
             **split_sizes(s.built),
         }
