@@ -280,3 +280,65 @@ def test_a_streaming_image_folder_gets_the_same_test_metrics(tmp_path: Path) -> 
         metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     assert {k for k in metrics["memory"] if k.startswith("test/") and k != "test/seconds"} == {k for k in metrics["stream"] if k.startswith("test/") and k != "test/seconds"}
     assert metrics["stream"]["data/test_images"] == metrics["memory"]["data/test_images"] > 0
+
+
+# ------------------------------------------------------------------ found by an adversarial pass
+
+
+def test_a_refused_run_never_deletes_a_folder_it_did_not_create(mnist_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    (folder / "tensorboard" / "old").mkdir(parents=True)
+    (folder / "tensorboard" / "old" / "events").write_text("precious")
+    proc = vae_run(f"dataset.root={mnist_root}", *TINY, "dataset.holdout_classes=[0,1,2,3,4,5,6,7,8,9]", f"hydra.run.dir={folder}", cwd=tmp_path)
+    _one_error_line(proc, "leaves no images to train or validate on; hold out fewer classes")
+    assert (folder / "tensorboard" / "old" / "events").read_text() == "precious"
+    assert not (folder / ".hydra").exists()  # what Hydra wrote there is gone again
+
+
+def test_of_two_runs_started_together_in_one_folder_the_records_are_the_winners(mnist_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    procs = {beta: vae_run_background(f"dataset.root={mnist_root}", *TINY, f"model.beta={beta}", f"hydra.run.dir={run_dir}", cwd=tmp_path) for beta in (1, 4)}
+    codes = {beta: p.wait(timeout=120) for beta, p in procs.items()}
+    assert sorted(codes.values()) == [0, 2], codes
+    (winner,) = [beta for beta, code in codes.items() if code == 0]
+    assert f"beta: {float(winner)}" in (run_dir / ".hydra" / "config.yaml").read_text()
+    assert json.loads((run_dir / "metrics.json").read_text())["val/loss"] > 0
+
+
+def test_a_resume_refused_while_loading_puts_the_records_back(mnist_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = vae_run_background(f"dataset.root={mnist_root}", "dataset.train_samples=2000", "train.epochs=50", "train.checkpoint_every_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    _wait_for(run_dir / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    records = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
+    bad = build_fake_mnist(tmp_path / "bad", n_train=400, n_test=100) / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    bad.write_bytes(b"\x00\x00\x09\x99" + bad.read_bytes()[4:])
+    _one_error_line(vae_run(f"resume={run_dir}", f"dataset.root={tmp_path / 'bad'}", cwd=tmp_path), "train-images-idx3-ubyte")
+    assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == records
+    assert vae_run(f"resume={run_dir}", "train.epochs=1", cwd=tmp_path).returncode == 0  # still resumable as it was
+
+
+def test_vae_eval_changes_only_how_a_run_is_evaluated(finished: Path) -> None:
+    before = (finished / "metrics.json").read_bytes()
+    _one_error_line(vae_eval(str(finished), "model.beta=4"), "vae-eval cannot apply model.beta=4: it may change only eval.*")
+    _one_error_line(vae_eval(str(finished), "dataset.holdout_classes=[0]"), "vae-eval cannot apply dataset.holdout_classes=[0]")
+    assert (finished / "metrics.json").read_bytes() == before
+    assert vae_eval(str(finished), "+eval.nll_samples=3").returncode == 0  # the same `+` syntax as vae-run
+
+
+@pytest.mark.parametrize(("swept", "expected"), [("model.latent_dim=5,abc", "model.latent_dim=abc"), ("model=vae,foo", "model=foo is not a choice"), ("model.beta=1,-1", "model.beta=-1.0 is negative")])
+def test_every_value_of_a_sweep_is_checked_before_any_job_runs(mnist_root: Path, tmp_path: Path, swept: str, expected: str) -> None:
+    _one_error_line(vae_run("-m", f"dataset.root={mnist_root}", *TINY, swept, cwd=tmp_path), expected)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_sighup_checkpoints_and_exits_129(mnist_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = vae_run_background(f"dataset.root={mnist_root}", "dataset.train_samples=2000", "train.epochs=50", "train.checkpoint_every_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    _wait_for(run_dir / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 129, stderr
+    step = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert f"stopped by SIGHUP at step {step}" in " ".join(stderr.split())

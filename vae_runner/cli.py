@@ -220,7 +220,9 @@ def preflight(argv: list[str]) -> tuple[Optional[Path], bool]:
             _checked(args.config_name, fixed, {**first, key: value})
     out = Path(cfg.hydra.sweep.dir if args.multirun else cfg.hydra.run.dir)
     _check_writable(out, "hydra.sweep.dir" if args.multirun else "hydra.run.dir")
-    if not args.multirun and out.is_dir():
+    from vae_runner import distributed
+
+    if not args.multirun and out.is_dir() and distributed.is_main():  # torchrun: the other ranks share rank 0's folder
         check_resumable(RunDir(out), cfg)  # before Hydra rewrites its records
     return out, bool(args.multirun)
 
