@@ -127,7 +127,7 @@ def test_a_second_process_in_a_run_directory_is_refused_and_changes_nothing(mnis
     run_dir = tmp_path / "run"
     first = vae_run_background(f"dataset.root={mnist_root}", "dataset.train_samples=2000", "train.epochs=50", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     try:
-        _wait_for(run_dir / ".lock.pid", first)
+        _wait_for(run_dir / "vae-run.log", first, text="train /")  # the lock is held, the records are written
         config = (run_dir / ".hydra" / "config.yaml").read_bytes()
         for args in ([f"resume={run_dir}"], [f"dataset.root={mnist_root}", "dataset.train_samples=2000", "train.epochs=50", f"hydra.run.dir={run_dir}"]):
             second = vae_run(*args, cwd=tmp_path)

@@ -398,7 +398,8 @@ def compare(argv: Sequence[str] | None = None) -> None:
     root: Path = args.sweep_dir
     for flag, path in (("--csv", args.csv), ("--json", args.json)):
         if path is not None and not path.parent.is_dir():
-            raise UserError(f"{flag} {path}: the folder {path.parent} does not exist; create it or choose another path.")
+            what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+            raise UserError(f"{flag} {path}: {path.parent} {what}; create the folder or choose another path.")
     runs = find_runs(root)
     groups = group_runs(runs)
     if not groups:

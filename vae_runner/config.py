@@ -234,6 +234,8 @@ def _check_dataset(d: DictConfig) -> None:
             _positive(f"dataset.{key}", d[key])
     if d.channels not in (None, 1, 3):
         raise UserError(f"dataset.channels={d.channels} is not supported; use 1 (greyscale) or 3 (RGB).")
+    if d.channels is not None and d.name in ("mnist", "fashion_mnist"):
+        raise UserError(f"dataset.channels={d.channels} applies to image folders and the CIFAR-10 image tree; {d.name} is greyscale: leave it unset.")
     if not (math.isfinite(d.val_fraction) and 0 < d.val_fraction < 1):
         raise UserError(f"dataset.val_fraction={d.val_fraction} must lie strictly between 0 and 1.")
     if d.name == "image_folder" and not d.path:

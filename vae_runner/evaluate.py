@@ -1,7 +1,7 @@
 """Every pass over a split without gradients: validation, the posterior report and pictures, the final test report, `vae-eval`.
 
 The maths these passes feed lives in `vae_runner.metrics`. Each pass runs the
-model inside `evaluating(model)`, which restores the model's previous mode.
+model inside `vae_runner.model.evaluating(model)`, which restores the model's previous mode.
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +26,7 @@ from vae_runner.data import Split, corrupt, stratified_subset, to_unit_float
 from vae_runner.errors import UserError
 from vae_runner.lock import RunLock
 from vae_runner.metrics import active_units, auroc, importance_log_likelihood, kl_per_dim, psnr, summarise_bounds
-from vae_runner.model import VAE
+from vae_runner.model import VAE, evaluating
 from vae_runner.objective import elbo_terms, gaussian_kl, recon_nll
 from vae_runner.pictures import denoising_grid, interpolation, latent_scatter, latent_traversal, manifold_grid
 from vae_runner.resume import EVALUATION_CHANGES
@@ -39,18 +38,6 @@ log = logging.getLogger(__name__)
 # Each Monte Carlo estimate of the final report draws from its own stream (seed + offset),
 # so changing K moves test/nll alone, never test/elbo.
 NLL_STREAM, ELBO_STREAM, NOISE_STREAM = 0, 1, 2
-
-
-@contextmanager
-def evaluating(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients for the duration; the model's previous mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:

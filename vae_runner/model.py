@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,22 @@ class VAEOutput:
     logvar: Tensor  # (B, latent_dim)
     z: Tensor  # (B, latent_dim)
     log_scale: Optional[Tensor] = None  # Gaussian likelihood: log standard deviation of p(x|z), shape ()
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[torch.device]:
+    """Eval mode and no gradients for the duration, the previous mode restored after; yields the model's device.
+
+    The one way every pass without gradients (validation, reports, pictures) runs a model.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            param = next(model.parameters(), None)
+            yield param.device if param is not None else torch.device("cpu")
+    finally:
+        model.train(was_training)
 
 
 def mlp(widths: Sequence[int]) -> nn.Sequential:

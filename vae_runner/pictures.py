@@ -9,12 +9,12 @@ are drawn black, and NaN or Inf means are left out of the scatter plot.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from vae_runner.model import evaluating
 from vae_runner.tracking import finite_pixels, image_grid
 
 
@@ -34,19 +34,6 @@ TAB10 = (
     (23, 190, 207),
 )
 AXIS_GREY = 0.85
-
-
-@contextmanager
-def _decoding(model: nn.Module) -> Iterator[torch.device]:
-    """Eval mode and no gradients inside, the previous mode restored after; yields the model's device."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            param = next(model.parameters(), None)
-            yield param.device if param is not None else torch.device("cpu")
-    finally:
-        model.train(was_training)
 
 
 def _labels(y: Labels, n: int, device: torch.device) -> Optional[Tensor]:
@@ -100,7 +87,7 @@ def latent_traversal(
         raise ValueError(f"latent_traversal needs n_dims >= 1 and steps >= 1, got n_dims={n_dims}, steps={steps}")
     x = _images(x, "latent_traversal")[:1]
     dims = top_kl_dims(kl_per_dim, n_dims)
-    with _decoding(model) as device:
+    with evaluating(model) as device:
         x = x.to(device)
         y1 = _labels(y, 1, device)
         if y1 is not None:
@@ -126,7 +113,7 @@ def interpolation(model: nn.Module, x_a: Tensor, y_a: Labels, x_b: Tensor, y_b: 
         raise ValueError(f"interpolation needs as many x_b as x_a images, got {x_b.shape[0]} and {x_a.shape[0]}")
     if steps < 1:
         raise ValueError(f"interpolation needs steps >= 1, got {steps}")
-    with _decoding(model) as device:
+    with evaluating(model) as device:
         x_a, x_b = x_a.to(device), x_b.to(device)
         n_pairs = x_a.shape[0]
         y_a, y_b = _labels(y_a, n_pairs, device), _labels(y_b, n_pairs, device)
@@ -152,7 +139,7 @@ def manifold_grid(model: nn.Module, n: int = 20, span: float = 2.0, y: Labels = 
         raise ValueError("manifold_grid needs a class label y for a CVAE (num_classes > 0)")
     if n < 1:
         raise ValueError(f"manifold_grid needs n >= 1 tiles a side, got n={n}")
-    with _decoding(model) as device:
+    with evaluating(model) as device:
         z1 = torch.linspace(-span, span, n, device=device)
         z2 = torch.linspace(span, -span, n, device=device)  # top row is z2 = +span, as on a plot
         rows, cols = torch.meshgrid(z2, z1, indexing="ij")
