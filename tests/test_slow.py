@@ -25,7 +25,9 @@ def test_default_run_reaches_106_nats_within_10_epochs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = _metrics(tmp_path)
     assert metrics["train/epochs"] == 10
-    assert metrics["val/loss"] <= 106.0  # the PyTorch example's MLP VAE reports 106.66 after 7 epochs
+    # The PyTorch example's MLP VAE reports a test-set loss of 106.66 after 7 epochs; ours is -test/elbo
+    # (val/loss is on the validation images held out of the training set, which score about 1 nat worse).
+    assert -metrics["test/elbo"] <= 106.0
 
 
 def test_cvae_on_cifar10_jpeg_tree(tmp_path: Path) -> None:
