@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 # Metric columns of the HParams table; a run without one (no held-out class, say) leaves it blank.
 HPARAM_METRICS = (
     "val/loss", "val/elbo", "val/recon", "val/kl", "val/active_units",
-    "test/nll", "test/elbo", "test/bits_per_dim", "test/anomaly_auroc", "test/psnr_recon",
+    "test/nll", "test/elbo", "test/bits_per_dim", "test/nll_given_label", "test/elbo_given_label", "test/bits_per_dim_given_label",
+    "test/anomaly_auroc", "test/psnr_recon",
 )
 
 
