@@ -342,3 +342,27 @@ def test_sighup_checkpoints_and_exits_129(mnist_root: Path, tmp_path: Path) -> N
     assert proc.returncode == 129, stderr
     step = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert f"stopped by SIGHUP at step {step}" in " ".join(stderr.split())
+
+
+def test_a_run_named_by_its_overrides_resumes(mnist_root: Path, tmp_path: Path) -> None:
+    assert vae_run(f"dataset.root={mnist_root}", *TINY, "model.beta=2", cwd=tmp_path).returncode == 0
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert "model.beta=2" in run_dir.name  # `=` and `,` in the folder name: passed on quoted
+    resumed = vae_run(f"resume={run_dir}", "train.epochs=2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["train/epochs"] == 2
+
+
+def test_a_finished_run_is_not_shortened_nor_given_new_optimizer_arguments(finished: Path, tmp_path: Path) -> None:
+    records = {p: p.read_bytes() for p in (finished / ".hydra").iterdir()}
+    _one_error_line(vae_run(f"resume={finished}", "train.max_steps=1", cwd=tmp_path), "is finished (it has metrics.json) and was left as it is")
+    _one_error_line(vae_run(f"resume={finished}", "train.epochs=3", "+optim.amsgrad=true", cwd=tmp_path), "cannot be resumed with optim.amsgrad (None -> True)")
+    assert {p: p.read_bytes() for p in records} == records
+
+
+def test_a_sweep_into_a_folder_that_holds_one_is_refused(mnist_root: Path, tmp_path: Path) -> None:
+    args = ["-m", f"dataset.root={mnist_root}", *TINY, "train.max_steps=2", "model.beta=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert vae_run(*args, cwd=tmp_path).returncode == 0
+    records = (tmp_path / "sweep" / "model.beta=1" / ".hydra" / "config.yaml").read_bytes()
+    _one_error_line(vae_run(*args, "optim.lr=0.05", cwd=tmp_path), f"hydra.sweep.dir={tmp_path / 'sweep'} already holds 2 run(s); add resume=true")
+    assert (tmp_path / "sweep" / "model.beta=1" / ".hydra" / "config.yaml").read_bytes() == records

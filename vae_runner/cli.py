@@ -22,7 +22,7 @@ from vae_runner.atomic import atomic_write
 from vae_runner.config import STAMP_ENV, SWEPT_ENV, config_dir, register_configs, run_stamp, swept_keys, validate
 from vae_runner.errors import UserError
 from vae_runner.lock import RunLock
-from vae_runner.resume import RESUME_ENV, check_resumable, expand_resume
+from vae_runner.resume import RESUME_ENV, check_resumable, check_sweep_folder, expand_resume, quoted
 from vae_runner.run_dir import RunDir, read_metrics
 
 log = logging.getLogger("vae_runner")
@@ -218,11 +218,14 @@ def preflight(argv: list[str]) -> tuple[Optional[Path], bool]:
     for key, values in swept.items():
         for value in values[1:]:
             _checked(args.config_name, fixed, {**first, key: value})
-    out = Path(cfg.hydra.sweep.dir if args.multirun else cfg.hydra.run.dir)
+    # Normalised (`runs/x/../b` is `runs/b`), as Hydra will name it.
+    out = Path(os.path.abspath(cfg.hydra.sweep.dir if args.multirun else cfg.hydra.run.dir))
     _check_writable(out, "hydra.sweep.dir" if args.multirun else "hydra.run.dir")
     from vae_runner import distributed
 
-    if not args.multirun and out.is_dir() and distributed.is_main():  # torchrun: the other ranks share rank 0's folder
+    if args.multirun:
+        check_sweep_folder(out, resuming=bool(os.environ.get(RESUME_ENV)))
+    elif out.is_dir() and distributed.is_main():  # torchrun: the other ranks share rank 0's folder
         check_resumable(RunDir(out), cfg)  # before Hydra rewrites its records
     return out, bool(args.multirun)
 
@@ -295,7 +298,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     except Exception as err:  # Hydra's composition and override-parsing errors
         fail(describe_config_error(err))
     os.environ[SWEPT_ENV] = ",".join(sorted(swept_keys(argv)))
-    os.environ[FRESH_ENV] = "" if out is None or out.exists() else str(out.absolute())
+    os.environ[FRESH_ENV] = "" if out is None or out.exists() else str(out)
+    if out is not None:  # Hydra uses the folder checked and locked here, even with ${now:} in its name
+        argv = [*argv, f"hydra.{'sweep' if multirun else 'run'}.dir={quoted(out)}"]
     sys.argv = [sys.argv[0], *argv]
     try:
         with _single_run_lock(out, multirun):

@@ -52,7 +52,12 @@ def expand_resume(argv: list[str]) -> list[str]:
     if not isinstance(saved, list) or not all(isinstance(o, str) and "=" in o for o in saved):
         raise UserError(f"{run.overrides} is not a YAML list of key=value overrides; restore it (vae-compare and resume read it), or start a new run.")
     previous = [o for o in saved if not o.startswith(("hydra.", "resume=", "+resume="))]
-    return [*previous, *rest, f"hydra.run.dir={run.root}"]
+    return [*previous, *rest, f"hydra.run.dir={quoted(run.root)}"]
+
+
+def quoted(path: Path) -> str:
+    """A path as a quoted Hydra override value: run folders are named like `model.beta=4,seed=1`, which Hydra would parse."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _previous_sweep(argv: list[str]) -> Path:
@@ -78,18 +83,40 @@ def check_resumable(run: RunDir, cfg: DictConfig) -> None:
     except Exception as err:  # YAML errors, unreadable file
         raise UserError(f"{run.config} is not readable ({str(err).splitlines()[0]}); restore it, or start a new run directory.") from None
     new = _flat(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True))
-    changed = sorted(k for k in saved.keys() & new.keys() if saved[k] != new[k] and not k.startswith(("hydra.", *RESUMABLE_CHANGES)))
+    # Keys on one side only are schema keys of another version, or optimizer arguments added with + or dropped with ~.
+    compared = (saved.keys() & new.keys()) | {k for k in saved.keys() ^ new.keys() if k.startswith("optim.")}
+    changed = sorted(k for k in compared if saved.get(k) != new.get(k) and not k.startswith(("hydra.", *RESUMABLE_CHANGES)))
     if changed:
-        shown = ", ".join(f"{k} ({saved[k]!r} -> {new[k]!r})" for k in changed[:3])
+        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {new.get(k)!r})" for k in changed[:3])
         raise UserError(
             f"{run.root} was trained with other settings and cannot be resumed with {shown}; a resume may change only "
             f"train.epochs, train.max_steps, eval.*, device and where the data is; start a new run for the rest."
         )
-    if run.metrics.is_file() and all(saved.get(k) == new.get(k) for k in ("train.epochs", "train.max_steps")):
+    if run.metrics.is_file() and not _longer(saved, new):
         raise UserError(
             f"{run.root} is finished (it has metrics.json) and was left as it is; to train it longer pass a larger "
             f"train.epochs, to recompute its metrics run vae-eval {run.root}."
         )
+
+
+def check_sweep_folder(sweep_dir: Path, resuming: bool) -> None:
+    """A sweep starts in a new folder; `resume=true` continues one whose jobs are not running any more."""
+    runs = [p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")] if sweep_dir.is_dir() else []
+    if runs and not resuming:
+        raise UserError(
+            f"hydra.sweep.dir={sweep_dir} already holds {len(runs)} run(s); add resume=true to continue that sweep, "
+            f"or choose a new folder."
+        )
+    for run in runs:
+        check_unlocked(RunDir(run).lock, str(run))
+
+
+def _longer(saved: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether `new` trains longer than `saved`: more epochs, or a higher (or no) step limit."""
+    more_epochs = (new.get("train.epochs") or 0) > (saved.get("train.epochs") or 0)
+    old_steps, new_steps = saved.get("train.max_steps"), new.get("train.max_steps")
+    more_steps = old_steps is not None and (new_steps is None or new_steps > old_steps)
+    return more_epochs or more_steps
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
