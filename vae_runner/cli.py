@@ -200,7 +200,7 @@ def preflight(argv: list[str]) -> tuple[Optional[Path], bool]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args, _ = get_args_parser().parse_known_args(argv)
-    if args.help or args.hydra_help or args.info or args.shell_completion:
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.cfg:  # Hydra prints and exits: no run
         return None, False
     fixed, swept = [], {}
     for override in OverridesParser.create().parse_overrides(args.overrides):
@@ -300,7 +300,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     os.environ[SWEPT_ENV] = ",".join(sorted(swept_keys(argv)))
     os.environ[FRESH_ENV] = "" if out is None or out.exists() else str(out)
     if out is not None:  # Hydra uses the folder checked and locked here, even with ${now:} in its name
-        argv = [*argv, f"hydra.{'sweep' if multirun else 'run'}.dir={quoted(out)}"]
+        argv = _with_override(argv, f"hydra.{'sweep' if multirun else 'run'}.dir={quoted(out)}")
     sys.argv = [sys.argv[0], *argv]
     try:
         with _single_run_lock(out, multirun):
@@ -309,6 +309,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         fail(str(err))
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once
         fail("interrupted; the last checkpoint in the run directory is intact.", 130)
+
+
+def _with_override(argv: list[str], override: str) -> list[str]:
+    """argv with one more override, after the last one: Hydra's parser wants the overrides side by side."""
+    last = max((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), default=len(argv) - 1)
+    return [*argv[: last + 1], override, *argv[last + 1 :]]
 
 
 @contextmanager
