@@ -34,3 +34,4 @@ def test_wheel_carries_the_configs_and_runs_from_elsewhere(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     assert f"FROM {site}" in proc.stdout
     assert "conditional: true" in proc.stdout and "name: cifar10" in proc.stdout
+    assert not (tmp_path / "outputs").exists()  # printing the config creates no run folder
