@@ -263,6 +263,7 @@ def _check_train(t: DictConfig, o: DictConfig, e: DictConfig) -> None:
 
 # Groups whose extra keys are legitimate: optim.* are the optimizer's own arguments (checked against its signature).
 _OPEN_GROUPS = ("optim", "hydra")
+_MISSING = object()  # OmegaConf.select's default: tells an absent key from one set to null
 
 
 def check_known_keys(cfg: DictConfig) -> None:
@@ -276,8 +277,6 @@ def check_known_keys(cfg: DictConfig) -> None:
         hint = f"did you mean {close[0]}? " if close else ""
         raise UserError(f"{key} is not a config key; {hint}README's config table lists the keys.")
 
-
-_MISSING = object()
 
 
 def _leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
