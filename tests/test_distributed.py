@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import read_scalars, vae_run
 
-ARGS = ["dataset.train_samples=1000", "dataset.val_samples=200", "eval.test_samples=200", "train.max_steps=8", "train.log_every_steps=1",
+ARGS = ["device=cpu", "dataset.train_samples=1000", "dataset.val_samples=200", "eval.test_samples=200", "train.max_steps=8", "train.log_every_steps=1",
         "train.batch_size=100", "eval.nll_samples=2"]
 
 
@@ -41,3 +41,20 @@ def test_two_gloo_processes_match_one_process(mnist_root: Path, tmp_path: Path, 
     val_one = json.loads((tmp_path / "single" / "metrics.json").read_text())["val/loss"]
     assert val_ddp == pytest.approx(val_one, rel=1e-5)
     assert two.stdout.count("final metrics") == 1  # rank 0 alone reports
+
+
+def test_more_processes_than_gpus_is_refused_on_every_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from vae_runner import distributed
+    from vae_runner.errors import UserError
+
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")  # rank 0's GPU exists, and it refuses too: no rank waits on another
+    with pytest.raises(UserError, match=r"2 processes on this machine but it has 1 CUDA GPU.*--nproc_per_node=1, or device=cpu"):
+        distributed.device_for_rank(torch.device("cuda"))
+    assert distributed.device_for_rank(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert distributed.device_for_rank(torch.device("cuda")) == torch.device("cuda", 0)

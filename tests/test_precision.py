@@ -49,6 +49,19 @@ def test_cuda_without_a_gpu_suggests_device_auto() -> None:
         resolve_device("cuda")
 
 
+def _bars(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch a model can learn in a few steps: one white bar per image, its height set by the label.
+
+    Uniform noise (as `_batch` draws) is already at its best loss with a decoder
+    that outputs 0.5 (784 ln 2 = 543 nats), so no step can lower it.
+    """
+    y = torch.arange(n) % 10
+    x = torch.zeros(n, 1, 28, 28)
+    for i, k in enumerate(y.tolist()):
+        x[i, 0, 2 + 2 * k : 8 + 2 * k, 4:24] = 1.0
+    return x, y
+
+
 @requires_cuda
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_cuda_training_steps_lower_the_loss(precision: str) -> None:
@@ -60,11 +73,12 @@ def test_cuda_training_steps_lower_the_loss(precision: str) -> None:
     model = VAE(in_channels=1, image_size=28, arch="conv", num_classes=10).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    x, y = (t.to(device) for t in _batch())
-    first = train_step(model, optimizer, scaler, x, y, beta=1.0, amp_dtype=dtype)["loss"].item()
-    for _ in range(30):
-        last = train_step(model, optimizer, scaler, x, y, beta=1.0, amp_dtype=dtype)["loss"].item()
-    assert last < 0.8 * first
+    x, y = (t.to(device) for t in _bars())
+    steps = [train_step(model, optimizer, scaler, x, y, beta=1.0, amp_dtype=dtype) for _ in range(40)]
+    losses = [step["loss"].item() for step in steps if step is not None]
+    # fp16 skips its first steps while the GradScaler lowers its scale from 2**16; bf16 skips none
+    assert len(losses) >= 25 if precision == "fp16" else len(losses) == 40
+    assert losses[-1] < 0.6 * losses[0]  # 515 -> 208 nats in 30 fp32 steps on the CPU
     assert (scaler.get_scale() > 1) == (precision == "fp16")
 
 

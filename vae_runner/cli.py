@@ -222,7 +222,10 @@ def preflight(argv: list[str]) -> tuple[Optional[Path], bool]:
     out = Path(os.path.abspath(cfg.hydra.sweep.dir if args.multirun else cfg.hydra.run.dir))
     _check_writable(out, "hydra.sweep.dir" if args.multirun else "hydra.run.dir")
     from vae_runner import distributed
+    from vae_runner.build import resolve_device
 
+    if distributed.world_size() > 1:  # too few GPUs for torchrun's processes, refused before Hydra writes
+        distributed.device_for_rank(resolve_device(cfg.device))
     if args.multirun:
         check_sweep_folder(out, resuming=bool(os.environ.get(RESUME_ENV)))
     elif out.is_dir() and distributed.is_main():  # torchrun: the other ranks share rank 0's folder
@@ -305,6 +308,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         with _single_run_lock(out, multirun):
             hydra_run()
+        if "WORLD_SIZE" in os.environ:
+            from vae_runner import distributed
+
+            distributed.leave()
     except UserError as err:
         fail(str(err))
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once

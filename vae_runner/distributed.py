@@ -8,22 +8,34 @@ import torch
 import torch.distributed as dist
 
 from vae_runner.config import STAMP_ENV, run_stamp
+from vae_runner.errors import UserError
 
 
 def init() -> None:
-    """Join the process group (NCCL on GPUs, gloo on CPUs) and agree on the run directory's stamp."""
+    """Join the process group and agree on the run directory's stamp.
+
+    The device is not known yet (Hydra composes the config later), so CUDA
+    tensors go through NCCL and CPU tensors through gloo: `device=cpu` works
+    on a GPU machine too.
+    """
     if dist.is_initialized():
         return
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if local_rank < torch.cuda.device_count():
         torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     stamp = [run_stamp() if rank() == 0 else None]
     dist.broadcast_object_list(stamp, src=0)
     os.environ[STAMP_ENV] = stamp[0]
     # The ranks share the machine's cores.
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+
+
+def leave() -> None:
+    """Leave the process group after a finished run (NCCL warns of leaked resources otherwise)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank() -> int:
@@ -51,7 +63,7 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when it is true on any (e.g. a stop signal), so that all ranks stop at the same step."""
     if not dist.is_initialized():
         return flag
-    t = torch.tensor([int(flag)], device="cuda" if torch.cuda.is_available() else "cpu")
+    t = torch.tensor([int(flag)])  # through gloo, whatever the training device
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -65,10 +77,16 @@ def shard(n: int) -> slice:
 
 
 def device_for_rank(device: torch.device) -> torch.device:
-    """Under torchrun on GPUs, each rank uses the GPU of its local rank."""
-    if dist.is_initialized() and device.type == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
+    """Under torchrun on GPUs, each rank uses the GPU of its local rank; every rank refuses too few GPUs alike."""
+    if not (dist.is_initialized() and device.type == "cuda"):
+        return device
+    local_world, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+    if local_world > gpus:
+        raise UserError(
+            f"torchrun started {local_world} processes on this machine but it has {gpus} CUDA GPU(s), one per process; "
+            f"use --nproc_per_node={gpus}, or device=cpu to train on the CPU."
+        )
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def mean_over_ranks(values: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
