@@ -32,7 +32,7 @@ def mnist_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 
 def test_run_lowers_val_loss(mnist_run: tuple[Path, str]) -> None:
     run_dir, _ = mnist_run
-    val = read_scalars(run_dir / "tensorboard")["val/loss"]
+    val = read_scalars(run_dir)["val/loss"]
     assert [step for step, _ in val] == [16, 32]  # 2,000 images / batch 128 = 16 steps an epoch
     assert val[1][1] < val[0][1] < 784 * np.log(2)  # below the untrained model's ~543 nats and falling
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -43,7 +43,7 @@ def test_run_lowers_val_loss(mnist_run: tuple[Path, str]) -> None:
 
 def test_run_writes_tensorboard_scalars_per_step(mnist_run: tuple[Path, str]) -> None:
     run_dir, _ = mnist_run
-    scalars = read_scalars(run_dir / "tensorboard")
+    scalars = read_scalars(run_dir)
     for tag in ("train/loss", "train/recon", "train/kl", "train/beta", "val/loss", "val/recon", "val/kl"):
         assert tag in scalars, tag
     steps = [s for s, _ in scalars["train/recon"]]
@@ -53,7 +53,7 @@ def test_run_writes_tensorboard_scalars_per_step(mnist_run: tuple[Path, str]) ->
 
 def test_run_writes_image_grids(mnist_run: tuple[Path, str]) -> None:
     run_dir, _ = mnist_run
-    images = read_images(run_dir / "tensorboard")
+    images = read_images(run_dir)
     # 8 inputs over 8 reconstructions: 2 rows of 28 px with 2 px padding
     assert images["val/reconstructions"][-1] == (32, 2 * 30 + 2, 8 * 30 + 2)
     assert images["samples/prior"][-1] == (32, 8 * 30 + 2, 8 * 30 + 2)  # 8x8 samples
@@ -65,9 +65,9 @@ def test_run_declares_hparams_in_its_own_run(mnist_run: tuple[Path, str]) -> Non
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     run_dir, _ = mnist_run
-    assert [p.name for p in run_dir.iterdir() if p.name == "tensorboard"] == ["tensorboard"]
-    assert not [p for p in (run_dir / "tensorboard").iterdir() if p.is_dir()]  # no extra timestamped run
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # in the run directory: TensorBoard names the run by it
+    assert not list(run_dir.glob("*/**/events.out.tfevents.*"))  # no extra timestamped run below it
+    acc = EventAccumulator(str(run_dir))
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
@@ -98,7 +98,7 @@ def test_beta_multirun_writes_one_named_directory_per_value(mnist_root: Path, tm
     runs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert runs == ["model.beta=1", "model.beta=4"]
     for name, beta in (("model.beta=1", 1.0), ("model.beta=4", 4.0)):
-        scalars = read_scalars(sweep / name / "tensorboard")
+        scalars = read_scalars(sweep / name)
         assert scalars["train/beta"][-1][1] == beta
         assert (sweep / name / "metrics.json").is_file()
 
@@ -124,7 +124,7 @@ def test_cvae_on_an_image_folder_uses_the_conv_architecture(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "cvae (conv" in proc.stdout
     run_dir = _only_run_dir(tmp_path)
-    images = read_images(run_dir / "tensorboard")
+    images = read_images(run_dir)
     assert images["samples/prior"][-1][1:] == (2 * 34 + 2, 8 * 34 + 2)  # one row per class, 8 samples each
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert np.isfinite(metrics["val/loss"])

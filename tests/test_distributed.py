@@ -32,8 +32,8 @@ def test_two_gloo_processes_match_one_process(mnist_root: Path, tmp_path: Path, 
     one = vae_run(f"dataset.root={mnist_root}", *args, f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
 
-    curve_ddp = read_scalars(ddp_dir / "tensorboard")["train/loss"]
-    curve_one = read_scalars(tmp_path / "single" / "tensorboard")["train/loss"]
+    curve_ddp = read_scalars(ddp_dir)["train/loss"]
+    curve_one = read_scalars(tmp_path / "single")["train/loss"]
     assert [s for s, _ in curve_ddp] == [s for s, _ in curve_one] == list(range(1, 9))
     for (_, a), (_, b) in zip(curve_ddp, curve_one):
         assert a == pytest.approx(b, rel=1e-5)  # floating-point tolerance: the gradient is summed in another order

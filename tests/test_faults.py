@@ -67,7 +67,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(mnist_root: Path, tmp_p
     total = 2 * math.ceil(metrics["data/train_images"] / 128)  # 2 epochs of the training images this data holds
     assert metrics["train/steps"] == uninterrupted["train/steps"] == total
     # The curves continue at the right step, each step once.
-    steps = [s for s, _ in read_scalars(run_dir / "tensorboard")["train/loss"]]
+    steps = [s for s, _ in read_scalars(run_dir)["train/loss"]]
     assert steps == list(range(1, total + 1))
 
 
@@ -132,7 +132,7 @@ def test_nan_steps_are_skipped_then_the_run_stops_with_remedies(mnist_root: Path
     assert "optim.lr" in message and "train.grad_clip" in message and "Traceback" not in message
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
-    assert read_scalars(tmp_path / "run" / "tensorboard")["train/skipped_steps"][-1][1] == 3
+    assert read_scalars(tmp_path / "run")["train/skipped_steps"][-1][1] == 3
 
 
 def test_same_seed_gives_identical_metrics(mnist_root: Path, tmp_path: Path) -> None:

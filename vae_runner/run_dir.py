@@ -17,7 +17,8 @@ class RunDir:
     ```
     <root>/.hydra/{config,hydra,overrides}.yaml   Hydra's records (config.yaml is the resolved config)
     <root>/vae-run.log                            the log, as plain text
-    <root>/tensorboard/                           event files
+    <root>/events.out.tfevents.*                  TensorBoard's event files, so the run shows under its folder's name
+    <root>/pictures/*.png                         the pictures, as TensorBoard shows them
     <root>/checkpoints/last.pt                    model, optimizer, progress, RNG states, config
     <root>/environment.json, metrics.json         package versions; the final metrics
     <root>/.lock, .lock.pid                       held by the process using the directory
@@ -40,7 +41,13 @@ class RunDir:
 
     @property
     def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
+        """The run directory itself; a run started before 0.2 keeps its `tensorboard/` folder, so one run stays one curve."""
+        legacy = self.root / "tensorboard"
+        return legacy if legacy.is_dir() else self.root
+
+    @property
+    def pictures(self) -> Path:
+        return self.root / "pictures"
 
     @property
     def checkpoint(self) -> Path:
@@ -60,8 +67,10 @@ class RunDir:
 
     def only_records(self) -> bool:
         """True when the directory holds nothing a run produced: Hydra's records, the log, the lock, at most an empty event file."""
-        records = {".hydra", self.log.name, self.environment.name, self.tensorboard.name, self.lock.name, f"{self.lock.name}.pid"}
-        return self.root.is_dir() and {p.name for p in self.root.iterdir()} <= records and not self.checkpoint.parent.exists()
+        records = {".hydra", self.log.name, self.environment.name, self.lock.name, f"{self.lock.name}.pid"}
+        names = {p.name for p in self.root.iterdir()} if self.root.is_dir() else set()
+        kept = {n for n in names if n not in records and not n.startswith("events.out.tfevents.")}
+        return self.root.is_dir() and not kept and not self.checkpoint.parent.exists()
 
 
 def read_metrics(path: Path) -> dict[str, float]:

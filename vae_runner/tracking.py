@@ -24,7 +24,7 @@ HPARAM_METRICS = (
 
 
 class Tracker:
-    """Writes everything under `<run_dir>/tensorboard/`, so TensorBoard shows one run per run directory."""
+    """Writes everything into the run directory's own event file, so TensorBoard shows one run per run directory, by its name."""
 
     def __init__(self, log_dir: Optional[Path], purge_step: Optional[int] = None):
         # purge_step: TensorBoard discards this run's earlier events at steps >= it (used on resume).
@@ -71,7 +71,7 @@ class Tracker:
             return
         self.writer.add_custom_scalars(
             {
-                "ELBO terms": {  # tags are regular expressions: anchored, or val/kl would match val/kl_per_dim/NN too
+                "ELBO terms": {  # tags are regular expressions, anchored
                     "train: recon and kl": ["Multiline", ["^train/recon$", "^train/kl$"]],
                     "val: recon and kl": ["Multiline", ["^val/recon$", "^val/kl$"]],
                 }
