@@ -108,7 +108,7 @@ def test_varied_key_is_a_column_and_constant_overrides_go_to_the_caption(sweep: 
     assert varied_keys(groups) == ["model.beta"]
     assert constant_overrides(groups) == {"model": "beta_vae", "train.epochs": 5}  # seed and dataset.root left out
 
-    assert main([str(sweep)]) == 0
+    assert main([str(sweep), "--metrics", "all"]) == 0
     out = capsys.readouterr().out
     assert table_header(out) == ["model.beta", "n", "val/loss", "val/recon", "val/kl", "val/elbo", "train/steps"]
     assert "constant: model=beta_vae, train.epochs=5" in out
@@ -116,7 +116,7 @@ def test_varied_key_is_a_column_and_constant_overrides_go_to_the_caption(sweep: 
 
 
 def test_main_prints_the_table_sorted_by_val_loss(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(sweep)]) == 0
+    assert main([str(sweep), "--metrics", "all"]) == 0
     out = capsys.readouterr().out
     assert "2 configurations, 6 finished runs, sorted by val/loss (ascending)" in out
     assert table_rows(out) == [
@@ -170,7 +170,7 @@ def test_single_seed_shows_the_mean_alone(tmp_path: Path, capsys: pytest.Capture
     make_run(tmp_path, "a", ["model.beta=1", "seed=0"], {"val/loss": 98.76543, "val/kl": 0.000123, "train/images_per_s": 12345.6})
     make_run(tmp_path, "b", ["model.beta=2", "seed=0"], {"val/loss": 1234.5, "val/kl": 2.0, "train/images_per_s": 999.0})
     csv_path = tmp_path / "out.csv"
-    assert main([str(tmp_path), "--csv", str(csv_path)]) == 0
+    assert main([str(tmp_path), "--metrics", "all", "--csv", str(csv_path)]) == 0
     assert table_rows(capsys.readouterr().out) == [["1", "1", "98.765", "0.000123", "12,346"], ["2", "1", "1,234.500", "2.000", "999"]]
     assert csv_path.read_text().splitlines()[1] == "1,1,98.76543,,0.000123,,12345.6,"
 

@@ -11,7 +11,7 @@ from torch.distributions import MultivariateNormal, Normal
 
 from vae_runner.data.batches import TensorBatches
 from vae_runner.data.datasets import Split
-from vae_runner.evaluate import collect_posteriors, per_image_bounds
+from vae_runner.evaluate import collect_posteriors, nll_subset, per_image_bounds
 from vae_runner.metrics import active_units, auroc, bits_per_dim, importance_log_likelihood, kl_per_dim, psnr, summarise_bounds
 from vae_runner.model import VAE
 from vae_runner.objective import gaussian_kl
@@ -231,18 +231,49 @@ def test_summarise_bounds_averages_per_image_bounds(likelihood: str) -> None:
     model = VAE(in_channels=1, image_size=28, latent_dim=4, num_classes=10, likelihood=likelihood)
     batches = _batches()
     per_image = per_image_bounds(model, batches, k=8, seed=0)
-    assert {name: tuple(v.shape) for name, v in per_image.items()} == {name: (100,) for name in ("log_px", "elbo", "recon", "kl", "labels")}
+    assert {name: tuple(v.shape) for name, v in per_image.items()} == {name: (100,) for name in ("log_px", "elbo", "recon", "kl", "labels", "nll_rows")}
     torch.testing.assert_close(per_image["elbo"], -(per_image["recon"] + per_image["kl"]))
 
     metrics = summarise_bounds(per_image, num_dims=784, continuous=likelihood == "gaussian")
-    assert set(metrics) == {"nll", "elbo", "recon", "kl", "bits_per_dim"}
+    assert set(metrics) == {"nll", "nll_se", "nll_images", "elbo", "recon", "kl", "bits_per_dim"}
     assert metrics["nll"] == pytest.approx(-per_image["log_px"].double().mean().item(), rel=1e-6)
+    assert metrics["nll_se"] == pytest.approx(per_image["log_px"].double().std().item() / 10, rel=1e-6)  # sd / sqrt(100)
+    assert metrics["nll_images"] == 100
     assert metrics["elbo"] == pytest.approx(per_image["elbo"].double().mean().item(), rel=1e-6)
     offset = 784 * math.log(256) if likelihood == "gaussian" else 0.0
     assert metrics["bits_per_dim"] == pytest.approx((metrics["nll"] + offset) / (784 * math.log(2)), rel=1e-9)
     assert metrics["nll"] <= -metrics["elbo"] + 1.0  # IWAE with K=8 is at least as tight as the ELBO, up to noise
     mask = torch.arange(100) < 30
     assert summarise_bounds(per_image, 784, False, mask)["elbo"] == pytest.approx(per_image["elbo"][:30].double().mean().item(), rel=1e-9)
+
+
+def test_the_nll_of_a_subset_is_the_same_images_scored_alone() -> None:
+    torch.manual_seed(0)
+    model = VAE(in_channels=1, image_size=28, latent_dim=4, num_classes=10)
+    batches = _batches()
+    rows = nll_subset(batches, 30, seed=5)
+    assert int(rows.sum()) == 30
+    assert torch.bincount(batches.labels[rows], minlength=10).max() - torch.bincount(batches.labels[rows], minlength=10).min() <= 2  # across classes
+    assert torch.equal(rows, nll_subset(batches, 30, seed=5)) and not torch.equal(rows, nll_subset(batches, 30, seed=6))
+    part = per_image_bounds(model, batches, k=8, seed=0, nll_rows=rows)
+    whole = per_image_bounds(model, batches, k=8, seed=0)
+    assert torch.isnan(part["log_px"][~rows]).all() and torch.isfinite(part["log_px"][rows]).all()
+    assert torch.equal(part["elbo"], whole["elbo"])  # every image still gets its ELBO, from the same stream
+    metrics = summarise_bounds(part, num_dims=784, continuous=False)
+    chosen = part["log_px"][rows].double()
+    assert metrics["nll_images"] == 30
+    assert metrics["nll"] == pytest.approx(-chosen.mean().item(), rel=1e-9)
+    assert metrics["nll_se"] == pytest.approx(chosen.std().item() / math.sqrt(30), rel=1e-9)
+    assert metrics["elbo"] == pytest.approx(part["elbo"].double().mean().item(), rel=1e-9)  # over all 100
+    assert nll_subset(batches, None, seed=5).all() and nll_subset(batches, 1000, seed=5).all()
+
+
+def test_one_scored_image_has_no_standard_error() -> None:
+    per_image = {"log_px": torch.tensor([-80.0, math.nan]), "elbo": torch.tensor([-90.0, -95.0]), "recon": torch.tensor([70.0, 75.0]),
+                 "kl": torch.tensor([20.0, 20.0]), "nll_rows": torch.tensor([True, False])}
+    metrics = summarise_bounds(per_image, num_dims=784, continuous=False)
+    assert metrics["nll"] == 80.0 and metrics["nll_images"] == 1 and "nll_se" not in metrics
+    assert metrics["elbo"] == -92.5
 
 
 def test_collect_posteriors_matches_encoding_the_whole_split() -> None:

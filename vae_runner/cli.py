@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from rich.table import Table
 from vae_runner.atomic import atomic_write
 from vae_runner.config import STAMP_ENV, SWEPT_ENV, config_dir, register_configs, run_stamp, swept_keys, validate
 from vae_runner.errors import UserError
+from vae_runner.help import config_rows, help_text
 from vae_runner.lock import RunLock
 from vae_runner.resume import RESUME_ENV, check_resumable, check_sweep_folder, expand_resume, quoted
 from vae_runner.run_dir import RunDir, read_metrics
@@ -51,42 +53,57 @@ def print_config(cfg: DictConfig) -> None:
     table = Table(show_header=False, box=None, padding=(0, 1))
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
-    loose = []
-    for key, node in cfg.items():
-        if isinstance(node, DictConfig):
-            values = OmegaConf.to_container(node, resolve=True)
-            table.add_row(str(key), "  ".join(f"{k}={_flow(v)}" for k, v in values.items() if not str(k).startswith("_")))
-        else:
-            loose.append(f"{key}={_flow(node)}")
-    table.add_row("", "  ".join(loose))
+    for section, values in config_rows(cfg):
+        table.add_row(section, values)
     console.print(Panel(table, title="config", title_align="left"))
 
 
-def _flow(value: object) -> str:
-    """A value as it would be written on the command line."""
-    if isinstance(value, list):
-        return "[" + ",".join(_flow(v) for v in value) + "]"
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    return str(value)
-
-
 def print_summary(metrics: dict[str, float], run_dir: Path, title: str = "vae-run: final metrics") -> None:
-    """A table of the final metrics, and where to look next."""
+    """A table of the final metrics, and where to look next; the same text ends the run's log file."""
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
-        if name.endswith("epochs"):
-            shown = f"{value:.3g}"  # 10, or 0.533 when train.max_steps stopped mid-epoch
-        else:
-            shown = f"{value:,.0f}" if name.endswith(("images_per_s", "steps", "units", "_images")) else f"{value:,.3f}"
-        table.add_row(name, shown)
+        if name.endswith("_se") and name[:-3] in metrics:
+            continue  # shown beside its metric
+        table.add_row(name, _shown(name, value, metrics.get(f"{name}_se")))
+    lines = [f"run directory: {run_dir}", f"tensorboard:   tensorboard --logdir {run_dir.parent}"]
     console.print(table)
-    console.print(f"run directory: [bold]{run_dir}[/]")
-    console.print(f"tensorboard:   tensorboard --logdir {run_dir.parent}")
+    for line in lines:
+        console.print(line, highlight=False)
+    _append_to_log_files(table, lines)
 
 
+def _shown(name: str, value: float, se: Optional[float]) -> str:
+    """A metric as the table shows it: counts whole, epochs short, the rest to 3 decimals, `± SE` when it has one."""
+    if name.endswith("epochs"):
+        return f"{value:.3g}"  # 10, or 0.533 when train.max_steps stopped mid-epoch
+    if name.endswith(("images_per_s", "steps", "units", "_images")):
+        return f"{value:,.0f}"
+    return f"{value:,.3f}" + (f" ± {se:.3f}" if se is not None else "")
+
+
+def _append_to_log_files(table: Table, lines: list[str]) -> None:
+    """The summary, as plain text, at the end of the log file (`vae-run.log`), as the terminal shows it."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not files:
+        return
+    plain = Console(file=io.StringIO(), width=100, color_system=None)
+    plain.print(table)
+    text = plain.file.getvalue() + "\n".join(lines) + "\n"
+    for handler in files:
+        if handler.stream is None:  # opened lazily and never written
+            continue
+        with suppress(OSError, ValueError):  # a full disk or a closed log: the terminal has the table
+            handler.acquire()
+            try:
+                handler.stream.write(text)
+                handler.flush()
+            finally:
+                handler.release()
+
+
+JOBS_ENV = "VAE_RUNNER_JOBS"  # how many jobs the sweep launches, for "job 2/5"
 FRESH_ENV = "VAE_RUNNER_FRESH_DIR"  # the run or sweep folder this command creates (absent before it started)
 # Set by `main` for a single run: the lock it took before Hydra wrote anything, and the records Hydra is
 # about to overwrite in an existing run directory (put back if the run is refused before it trains).
@@ -106,6 +123,7 @@ def run(cfg: DictConfig) -> float:
             metrics = read_metrics(run_dir.metrics)
             log.info("%s finished earlier (val/loss %.3f); skipping it", run_dir.root, metrics.get("val/loss", math.nan))
             return metrics.get("val/loss", math.nan)
+        _announce_job()
         if distributed.world_size() > 1:
             if not distributed.is_main():  # one voice on the terminal and in the log: rank 0's
                 logging.getLogger().setLevel(logging.WARNING)
@@ -125,6 +143,22 @@ def run(cfg: DictConfig) -> float:
         return math.nan
     print_summary(metrics, run_dir.root)
     return metrics["val/loss"]
+
+
+def _announce_job() -> None:
+    """In a sweep, say which job of how many this is, and show it on every progress line."""
+    from hydra.types import RunMode
+
+    from vae_runner.progress import set_job
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    job = f"job {hc.job.num + 1}/{os.environ.get(JOBS_ENV, '?')}"
+    set_job(job)
+    swept = set(filter(None, os.environ.get(SWEPT_ENV, "").split(",")))
+    varied = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+    log.info("%s: %s", job, " ".join(varied or hc.overrides.task) or "the defaults")
 
 
 def _validate_and_train(cfg: DictConfig, run_dir: RunDir) -> dict[str, float]:
@@ -215,6 +249,8 @@ def preflight(argv: list[str]) -> tuple[Optional[Path], bool]:
             swept[override.get_key_element()] = list(override.sweep_string_iterator())
     first = {key: values[0] for key, values in swept.items()}
     cfg = _checked(args.config_name, fixed, first)
+    if args.multirun:
+        os.environ[JOBS_ENV] = str(_job_count(cfg, swept))
     for key, values in swept.items():
         for value in values[1:]:
             _checked(args.config_name, fixed, {**first, key: value})
@@ -231,6 +267,14 @@ def preflight(argv: list[str]) -> tuple[Optional[Path], bool]:
     elif out.is_dir() and distributed.is_main():  # torchrun: the other ranks share rank 0's folder
         check_resumable(RunDir(out), cfg)  # before Hydra rewrites its records
     return out, bool(args.multirun)
+
+
+def _job_count(cfg: DictConfig, swept: dict[str, list[str]]) -> int | str:
+    """How many jobs a sweep launches: the grid's size, Optuna's `n_trials`, or `?` when neither says."""
+    trials = OmegaConf.select(cfg, "hydra.sweeper.n_trials", default=None)
+    if trials is not None:
+        return int(trials)
+    return math.prod(len(values) for values in swept.values()) if swept else "?"
 
 
 def _checked(config_name: Optional[str], fixed: list[str], swept: dict[str, str]) -> DictConfig:
@@ -289,6 +333,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         from vae_runner import distributed
 
         distributed.init()  # before Hydra names the run directory: the ranks agree on one
+    if {"-h", "--help"} & set(argv):
+        print(help_text(_composed_for_help(argv)))
+        return
     # One stamp for the folder name, so that preflight and Hydra name the same folder.
     os.environ.setdefault(STAMP_ENV, run_stamp())
     try:
@@ -316,6 +363,18 @@ def main(argv: Optional[list[str]] = None) -> None:
         fail(str(err))
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once
         fail("interrupted; the last checkpoint in the run directory is intact.", 130)
+
+
+def _composed_for_help(argv: list[str]) -> DictConfig:
+    """The config that `vae-run ARGV` would run, for --help to show; the defaults when the overrides do not compose."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.startswith(("hydra", "resume="))]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        try:
+            return compose(config_name="config", overrides=overrides)
+        except Exception:  # a bad override: --help still helps
+            return compose(config_name="config")
 
 
 def _with_override(argv: list[str], override: str) -> list[str]:

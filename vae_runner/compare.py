@@ -17,12 +17,18 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence, Union
 
 import yaml
 
-from vae_runner.atomic import atomic_write
+from vae_runner.atomic import OutputError, atomic_write
 from vae_runner.errors import UserError
+
+if TYPE_CHECKING:  # rich is imported when a table is printed
+    from rich.console import Console
+    from rich.table import Table
+
+    from vae_runner.plots import PlotData
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,8 @@ Value = Union[str, int, float, None]
 
 # The final metrics every run records, shown first and in this order.
 HEADLINE_METRICS = ("val/loss", "val/recon", "val/kl")
+# The table's columns without --metrics, those recorded: few enough that 5 metrics fit a 120-column terminal.
+DEFAULT_METRICS = ("val/loss", "test/nll", "test/nll_given_label", "val/recon", "val/kl", "val/active_units")
 DEFAULT_SORT = "val/loss"
 
 # Keys that say which repetition a run is, or where things are, rather than what was tried.
@@ -161,7 +169,7 @@ def find_runs(root: Path | str) -> list[Run]:
             "pass a sweep directory such as outputs/sweeps/<time>."
         )
     runs = [run for run in map(_read_run, sorted(run_dirs)) if run is not None]
-    log.info("found %d run directories under %s", len(runs), root)
+    log.debug("found %d run directories under %s", len(runs), root)
     return runs
 
 
@@ -335,15 +343,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("sweep_dir", type=Path, help="a sweep directory (e.g. outputs/sweeps/<time>) or any folder of run directories")
     parser.add_argument("--sort", metavar="KEY", default=None, help=f"a metric or a varied key to sort by (default: {DEFAULT_SORT})")
     parser.add_argument("--desc", action="store_true", help="sort in descending order")
-    parser.add_argument("--metrics", metavar="A,B", default=None, help="only these metrics, comma-separated (e.g. val/loss,val/kl)")
-    parser.add_argument("--csv", metavar="OUT.csv", type=Path, default=None, help="also write the table as CSV")
+    parser.add_argument(
+        "--metrics", metavar="A,B", default=None,
+        help=f"the metrics to show, comma-separated (e.g. val/loss,val/kl), or `all` (default: {', '.join(DEFAULT_METRICS)}, those recorded)",
+    )
+    parser.add_argument("--csv", metavar="OUT.csv", type=Path, default=None, help="also write the table as CSV (every metric unless --metrics)")
     parser.add_argument("--json", metavar="OUT.json", type=Path, default=None, help="also write the table as JSON, with each configuration's run directories")
+    parser.add_argument("--plot", metavar="OUT.png", type=Path, default=None, help="also draw the rate–distortion plot (KL against reconstruction) as PNG")
     return parser
 
 
+def default_metrics(available: Sequence[str]) -> list[str]:
+    """The table's columns without --metrics: DEFAULT_METRICS that were recorded, or every metric when none was."""
+    return [m for m in DEFAULT_METRICS if m in available] or list(available)
+
+
 def _choose_metrics(requested: str | None, available: list[str]) -> list[str]:
-    """The metrics named by `--metrics a,b` (all when None), each checked against those recorded."""
+    """The metrics named by `--metrics a,b` (`all`: every one; None: the default ones), each checked against those recorded."""
     if requested is None:
+        return default_metrics(available)
+    if requested.strip() == "all":
         return available
     chosen = [m.strip() for m in requested.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in available]
@@ -354,13 +373,11 @@ def _choose_metrics(requested: str | None, available: list[str]) -> list[str]:
     return chosen
 
 
-def _render(rows: Sequence[Row], metrics: Sequence[str], groups: Sequence[Group], runs: Sequence[Run], root: Path, sort: str | None, descending: bool) -> None:
-    """Print the comparison table (and the unfinished runs) to stdout with rich."""
-    from rich.console import Console
+def build_table(rows: Sequence[Row], metrics: Sequence[str], groups: Sequence[Group], sort: str | None, descending: bool) -> Table:
+    """The comparison as a rich Table: varied keys, n, the metrics; the shared overrides in its caption."""
     from rich.markup import escape
     from rich.table import Table
 
-    out = Console()
     n_finished = sum(len(g.runs) for g in groups)
     title = f"vae-compare: {len(rows)} configuration{'s' * (len(rows) != 1)}, {n_finished} finished run{'s' * (n_finished != 1)}"
     if sort:
@@ -378,28 +395,65 @@ def _render(rows: Sequence[Row], metrics: Sequence[str], groups: Sequence[Group]
         table.add_column(escape(name), justify="right", overflow="fold", style="bold" if name == sort else None)
     for row in rows:
         table.add_row(*(escape(format_value(row.config[k])) for k in keys), str(row.n), *(format_stat(m, row.stats.get(m)) for m in metrics))
+    return table
 
-    natural = out.measure(table, options=out.options.update_width(100_000)).maximum
-    if not out.is_terminal:
-        # Piped or redirected: print the table at its natural width rather than squeezing it into 80 columns.
-        out = Console(width=max(80, natural), soft_wrap=True)
+
+def _natural_width(out: Console, table: Table) -> int:
+    """The columns the table takes when nothing is squeezed."""
+    return out.measure(table, options=out.options.update_width(100_000)).maximum
+
+
+def _stdout(table: Table) -> Console:
+    """A console on stdout; piped or redirected, as wide as the table rather than squeezed into 80 columns."""
+    from rich.console import Console
+
+    out = Console()
+    return out if out.is_terminal else Console(width=max(80, _natural_width(out, table)), soft_wrap=True)
+
+
+def _render(table: Table, runs: Sequence[Run], root: Path, hidden: int, out: Console | None = None) -> None:
+    """Print the table, how many metrics it leaves out, and the unfinished runs (to stdout unless `out` is given)."""
+    out = out or _stdout(table)
+    natural = _natural_width(out, table)
     out.print(table)
     if natural > out.width:
         out.print(f"(the table is {natural} columns wide, the terminal {out.width}: --metrics a,b shows fewer metrics)", style="dim", highlight=False)
+    if hidden:
+        out.print(f"({hidden} more metric{'s' * (hidden != 1)} recorded: --metrics all shows every one)", style="dim", highlight=False)
     unfinished = [r for r in runs if not r.finished]
     if unfinished:
         names = ", ".join(str(r.path.relative_to(root)) if r.path != root else str(r.path) for r in unfinished)
         out.print(f"unfinished (no metrics.json, not averaged): {len(unfinished)} run{'s' * (len(unfinished) != 1)}: {names}", markup=False, highlight=False)
 
 
+def check_output_path(flag: str, path: Path) -> None:
+    """Refuse, before any work, an output file that cannot be written: its folder is missing or read-only, or it is a folder."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; name a file, e.g. {flag} {path / ('compare' + (path.suffix or '.' + flag.lstrip('-')))}.")
+    if not path.parent.is_dir():
+        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise UserError(f"{flag} {path}: {path.parent} {what}; create the folder or choose another path.")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {path.parent} is not writable; choose another path.")
+
+
+def _write_output(flag: str, path: Path, write: Callable[[], None]) -> None:
+    """Run one atomic write; a failed one is a sentence naming the flag and the path."""
+    try:
+        write()
+    except OutputError as err:
+        # atomic_write's own sentence suggests hydra.run.dir, which vae-compare has not; its cause is the OSError.
+        reason = getattr(err.__context__, "strerror", None) or "the write failed"
+        raise UserError(f"{flag} {path} could not be written ({reason}); choose another path or free some space (a previous file there is intact).") from None
+
+
 def compare(argv: Sequence[str] | None = None) -> None:
     """Parse arguments, read the sweep, print the table and write the requested files; raises UserError."""
     args = build_parser().parse_args(argv)
     root: Path = args.sweep_dir
-    for flag, path in (("--csv", args.csv), ("--json", args.json)):
-        if path is not None and not path.parent.is_dir():
-            what = "is a file, not a folder" if path.parent.exists() else "does not exist"
-            raise UserError(f"{flag} {path}: {path.parent} {what}; create the folder or choose another path.")
+    for flag, path in (("--csv", args.csv), ("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            check_output_path(flag, path)
     runs = find_runs(root)
     groups = group_runs(runs)
     if not groups:
@@ -413,13 +467,36 @@ def compare(argv: Sequence[str] | None = None) -> None:
         sort = DEFAULT_SORT
     if sort is not None:
         rows = sort_rows(rows, sort, args.desc)
+    figure = _plot_data(rows, metrics) if args.plot else None  # before printing: a sweep without KL is refused up front
 
-    _render(rows, metrics, groups, runs, root, sort, args.desc)
-    outputs: list[tuple[Path | None, Callable[[Path, Sequence[Row], Sequence[str]], None]]] = [(args.csv, write_csv), (args.json, write_json)]
-    for path, write in outputs:
+    hidden = len(available) - len(metrics) if args.metrics is None else 0
+    _render(build_table(rows, metrics, groups, sort, args.desc), runs, root, hidden)
+    # The files hold every metric unless --metrics names them: the default columns are chosen for a terminal.
+    file_metrics = available if args.metrics is None else metrics
+    outputs: list[tuple[str, Path | None, Callable[[Path, Sequence[Row], Sequence[str]], None]]] = [("--csv", args.csv, write_csv), ("--json", args.json, write_json)]
+    for flag, path, write in outputs:
         if path is not None:
-            write(path, rows, metrics)
+            _write_output(flag, path, lambda: write(path, rows, file_metrics))
             log.info("wrote %s", path)
+    if figure is not None:
+        _write_plot(figure, args.plot, root)
+
+
+def _plot_data(rows: Sequence[Row], metrics: Sequence[str]) -> PlotData:
+    """The plot's data: the rate–distortion points and the table's metrics (vae_runner.plots, imported only for --plot)."""
+    from vae_runner.plots import plot_data
+
+    return plot_data(rows, metrics)
+
+
+def _write_plot(figure: PlotData, path: Path, root: Path) -> None:
+    """Draw the figure to `path` and say where it is."""
+    from rich.console import Console
+
+    from vae_runner import plots
+
+    _write_output("--plot", path, lambda: plots.draw(figure, path, title=f"vae-compare {root.resolve().name}"))
+    Console(soft_wrap=True).print(f"rate–distortion plot: {path}", markup=False, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

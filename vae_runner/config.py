@@ -100,7 +100,8 @@ class EvalConfig:
     """The evaluation at the end of a run (and of `vae-eval`)."""
 
     nll_samples: int = 100  # importance samples K for test/nll (1: the ELBO; papers use 5000)
-    nll_chunk: int = 50  # samples decoded at once (memory)
+    nll_images: Optional[int] = 2000  # test/nll over N test images drawn across classes with a fixed seed (null: all), with its standard error
+    nll_chunk: int = 10  # samples decoded at once: memory, and speed (larger temporaries are page-faulted again on every chunk)
     test_samples: Optional[int] = None  # evaluate only N test images, drawn across classes with a fixed seed
 
 
@@ -259,6 +260,8 @@ def _check_train(t: DictConfig, o: DictConfig, e: DictConfig) -> None:
     _positive("eval.nll_chunk", e.nll_chunk)
     if e.test_samples is not None:
         _positive("eval.test_samples", e.test_samples)
+    if e.nll_images is not None:
+        _positive("eval.nll_images", e.nll_images)
 
 
 # Groups whose extra keys are legitimate: optim.* are the optimizer's own arguments (checked against its signature).

@@ -22,13 +22,14 @@ from vae_runner.atomic import write_json
 from vae_runner.build import Batches, Built, build
 from vae_runner.checkpoint import load_checkpoint, load_model_state, seeded_rng
 from vae_runner.config import Config, validate
-from vae_runner.data import Split, corrupt, stratified_subset, to_unit_float
+from vae_runner.data import Split, corrupt, stratified_indices, stratified_subset, to_unit_float
 from vae_runner.errors import UserError
 from vae_runner.lock import RunLock
 from vae_runner.metrics import active_units, auroc, importance_log_likelihood, kl_per_dim, psnr, summarise_bounds
 from vae_runner.model import VAE, evaluating
 from vae_runner.objective import elbo_terms, gaussian_kl, recon_nll
 from vae_runner.pictures import denoising_grid, interpolation, latent_scatter, latent_traversal, manifold_grid
+from vae_runner.progress import Meter
 from vae_runner.resume import EVALUATION_CHANGES
 from vae_runner.run_dir import RunDir, read_metrics
 from vae_runner.tracking import Tracker, prior_latents, reconstruction_grid, samples_grid
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 # Each Monte Carlo estimate of the final report draws from its own stream (seed + offset),
 # so changing K moves test/nll alone, never test/elbo.
 NLL_STREAM, ELBO_STREAM, NOISE_STREAM = 0, 1, 2
+# A CVAE's likelihoods are conditional on the true label, and named so.
+GIVEN_LABEL = {"nll": "nll_given_label", "nll_se": "nll_given_label_se", "elbo": "elbo_given_label", "bits_per_dim": "bits_per_dim_given_label"}
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
@@ -191,29 +194,52 @@ def _elbo(model: VAE, x: Tensor, y: Optional[Tensor], eps: Tensor) -> tuple[Tens
     return recon_nll(x, model.decode(z, y), model.likelihood, model.log_scale), gaussian_kl(mu, logvar)
 
 
-def per_image_bounds(model: VAE, batches: Batches, k: int = 100, chunk: int = 64, seed: int = 0) -> dict[str, Tensor]:
+def per_image_bounds(
+    model: VAE, batches: Batches, k: int = 100, chunk: int = 64, seed: int = 0, nll_rows: Optional[Tensor] = None
+) -> dict[str, Tensor]:
     """Per-image `log_px` (IWAE, K samples), `elbo`, `recon`, `kl` in nats and `labels` over one pass, each (N,) on the CPU.
 
     `elbo` = -(recon + kl) with the KL in closed form and the reconstruction term from one
     z ~ q(z|x) (the SGVB estimator B of Kingma & Welling 2013, Sec. 2.3), i.e. the same
     quantity training logs as `val/elbo`. The IWAE samples and the ELBO's sample come
-    from two generators seeded apart, so K changes `log_px` alone.
+    from two generators seeded apart, so K changes `log_px` alone. `nll_rows` (N,) bool
+    picks the images that get the costly `log_px` (NaN for the others; all by default);
+    it comes back as `nll_rows`.
     """
+    n = batches.num_samples
+    nll_rows = torch.ones(n, dtype=torch.bool) if nll_rows is None else nll_rows.cpu()
     out: dict[str, list[Tensor]] = {"log_px": [], "elbo": [], "recon": [], "kl": [], "labels": []}
     g_nll, g_elbo = _generator(batches.device, seed + NLL_STREAM), _generator(batches.device, seed + ELBO_STREAM)
-    with evaluating(model):
+    meter = Meter(f"test NLL, K={k}, {int(nll_rows.sum()):,} images", n, unit="images")
+    with evaluating(model), meter:
         for x, y in batches.epoch(0):
             yc = _labels(model, y)
             mu, logvar = model.encode(x, yc)
-            log_px = importance_log_likelihood(mu, logvar, _decoder_log_likelihood(model, x, yc), k, chunk, g_nll)
+            picked = nll_rows[meter.done : meter.done + x.shape[0]].to(x.device)
+            log_px = torch.full((x.shape[0],), math.nan, device=x.device)
+            if picked.any():
+                y_picked = None if yc is None else yc[picked]
+                log_px[picked] = importance_log_likelihood(
+                    mu[picked], logvar[picked], _decoder_log_likelihood(model, x[picked], y_picked), k, chunk, g_nll
+                )
             recon, kl = _elbo(model, x, yc, torch.randn(mu.shape, generator=g_elbo, device=mu.device))
             for name, value in (("log_px", log_px), ("elbo", -(recon + kl)), ("recon", recon), ("kl", kl)):
                 out[name].append(value.float().cpu())
             if y is not None:
                 out["labels"].append(y.cpu())
+            meter.advance(x.shape[0], x.shape[0])
     if not out["elbo"]:
         raise ValueError("evaluation got an empty split: the batches yielded no images")
-    return {name: torch.cat(values) for name, values in out.items() if values}
+    return {**{name: torch.cat(values) for name, values in out.items() if values}, "nll_rows": nll_rows}
+
+
+def nll_subset(batches: Batches, n: Optional[int], seed: int) -> Tensor:
+    """(N,) bool: the `eval.nll_images` test images that get the importance-sampled NLL, balanced over classes, seeded; all when n is None."""
+    labels = getattr(batches, "labels", None)  # an in-memory split's; a streamed folder's subset is drawn at random
+    picked = stratified_indices(None if labels is None else labels.cpu(), batches.num_samples, n, seed)
+    rows = torch.zeros(batches.num_samples, dtype=torch.bool)
+    rows[picked] = True
+    return rows
 
 
 def label_free_elbo(model: VAE, batches: Batches, classes: Sequence[int], seed: int = 0) -> Tensor:
@@ -242,14 +268,15 @@ def test_report(model: VAE, batches: Batches, tracker: Tracker, step: int, cfg: 
     `test/nll_given_label`, `test/elbo_given_label` and `test/bits_per_dim_given_label`.
     """
     d, seed = cfg.dataset, cfg.seed
-    bounds = per_image_bounds(model, batches, k=cfg.eval.nll_samples, chunk=cfg.eval.nll_chunk, seed=seed)
+    rows = nll_subset(batches, cfg.eval.nll_images, seed + NLL_STREAM)
+    bounds = per_image_bounds(model, batches, k=cfg.eval.nll_samples, chunk=cfg.eval.nll_chunk, seed=seed, nll_rows=rows)
     held_out = torch.zeros(len(bounds["elbo"]), dtype=torch.bool)
     if d.holdout_classes and "labels" in bounds:
         held_out = torch.isin(bounds["labels"], torch.tensor(list(d.holdout_classes)))
     num_dims = model.in_channels * model.image_size**2
     summary = summarise_bounds(bounds, num_dims, continuous=model.likelihood == "gaussian", mask=~held_out)
     if model.num_classes:
-        summary = {(f"{k}_given_label" if k in ("nll", "elbo", "bits_per_dim") else k): v for k, v in summary.items()}
+        summary = {GIVEN_LABEL.get(k, k): v for k, v in summary.items()}
     metrics = {f"test/{name}": value for name, value in summary.items()}
     if held_out.any():
         metrics["test/anomaly_auroc"] = _anomaly_auroc(model, batches, bounds, held_out, tracker, step, cfg)

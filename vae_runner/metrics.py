@@ -58,19 +58,28 @@ def summarise_bounds(per_image: dict[str, Tensor], num_dims: int, continuous: bo
     """Means over the images selected by `mask` (all by default), in nats per image: `nll` (= -mean IWAE log p(x)), `elbo`, `recon`, `kl`, and `bits_per_dim` of `nll`.
 
     `elbo` is the analytic-KL ELBO with one z sample per image (see `per_image_bounds`),
-    not the K = 1 IWAE bound; both have the same expectation.
+    not the K = 1 IWAE bound; both have the same expectation. When `per_image` has
+    `nll_rows`, `nll` is the mean over those rows alone (`nll_images` of them), with
+    `nll_se`, its standard error over images (sample standard deviation / sqrt(n),
+    left out for a single image).
     """
-    chosen = {name: (v if mask is None else v[mask]).double() for name, v in per_image.items()}
-    if not chosen["elbo"].numel():
+    selected = torch.ones_like(per_image["elbo"], dtype=torch.bool) if mask is None else mask
+    if not selected.any():
         raise ValueError("no images selected to summarise")
-    nll = -chosen["log_px"].mean().item()
-    return {
+    chosen = {name: per_image[name][selected].double() for name in ("elbo", "recon", "kl")}
+    log_px = per_image["log_px"][selected & per_image.get("nll_rows", selected)].double()
+    nll = -log_px.mean().item() if log_px.numel() else math.nan
+    summary = {
         "nll": nll,
         "elbo": chosen["elbo"].mean().item(),
         "recon": chosen["recon"].mean().item(),
         "kl": chosen["kl"].mean().item(),
         "bits_per_dim": float(bits_per_dim(nll, num_dims, continuous=continuous)),
+        "nll_images": float(log_px.numel()),
     }
+    if log_px.numel() > 1:
+        summary["nll_se"] = log_px.std().item() / math.sqrt(log_px.numel())
+    return summary
 
 
 def bits_per_dim(nll_nats: Union[float, Tensor], num_dims: int, continuous: bool) -> Union[float, Tensor]:

@@ -25,6 +25,7 @@ from vae_runner.data import corrupt
 from vae_runner.evaluate import Examples, final_report, fixed_examples, posterior_report, sample_pictures, split_sizes, validation_terms
 from vae_runner.model import VAE
 from vae_runner.objective import elbo_terms, kl_weight
+from vae_runner.progress import Meter
 from vae_runner.run_dir import RunDir
 from vae_runner.tracking import Tracker
 
@@ -122,6 +123,8 @@ class Session:
     examples: Examples
     started: float = field(default_factory=time.perf_counter)
     consecutive_skips: int = 0
+    meter: Optional[Meter] = None  # the epoch's progress bar (or plain lines)
+    running_loss: Optional[float] = None  # an exponential moving average of the finite training losses, for the bar
 
     @property
     def model(self) -> VAE:
@@ -239,17 +242,11 @@ def run_epoch(s: Session, stop: StopSignals) -> tuple[int, float, int]:
     """Train from the saved position to the epoch's end (or `train.max_steps`); returns images trained, seconds, batches done."""
     p, t = s.progress, s.cfg.train
     s.model.train()
-    started, images, done = time.perf_counter(), 0, p.batches_done
-    for x, y in s.built.train.epoch(p.epoch, start_batch=p.batches_done):
-        record(s, train_batch(s, x, y), x.shape[0])
-        images, done = images + x.shape[0], done + 1
-        if distributed.any_rank(stop.signum is not None):
-            save(s, done)
-            _stop_after_checkpoint(s, stop)
-        if t.checkpoint_every_steps and p.step % t.checkpoint_every_steps == 0:
-            save(s, done)
-        if t.max_steps is not None and p.step >= t.max_steps:
-            break
+    started = time.perf_counter()
+    total = s.built.steps_per_epoch if t.max_steps is None else min(s.built.steps_per_epoch, p.batches_done + t.max_steps - p.step)
+    s.meter = Meter(f"epoch {p.epoch}/{t.epochs}", total, done=p.batches_done)
+    with s.meter:
+        images, done = _train_batches(s, stop)
     if s.built.device.type == "cuda":
         torch.cuda.synchronize(s.built.device)
     seconds = time.perf_counter() - started
@@ -257,6 +254,24 @@ def run_epoch(s: Session, stop: StopSignals) -> tuple[int, float, int]:
     if images:
         s.tracker.scalars("train", {"images_per_s": images / seconds}, p.step)
     return images, seconds, done
+
+
+def _train_batches(s: Session, stop: StopSignals) -> tuple[int, int]:
+    """The epoch's remaining batches, one step each, checkpointing on cadence and on a stop signal; returns images trained and batches done."""
+    p, t = s.progress, s.cfg.train
+    images, done = 0, p.batches_done
+    for x, y in s.built.train.epoch(p.epoch, start_batch=p.batches_done):
+        record(s, train_batch(s, x, y), x.shape[0])
+        images, done = images + x.shape[0], done + 1
+        s.meter.advance(1, x.shape[0])
+        if distributed.any_rank(stop.signum is not None):
+            save(s, done)
+            _stop_after_checkpoint(s, stop)
+        if t.checkpoint_every_steps and p.step % t.checkpoint_every_steps == 0:
+            save(s, done)
+        if t.max_steps is not None and p.step >= t.max_steps:
+            break
+    return images, done
 
 
 def train_batch(s: Session, x: torch.Tensor, y: Optional[torch.Tensor]) -> Optional[dict[str, torch.Tensor]]:
@@ -291,6 +306,9 @@ def record(s: Session, terms: Optional[dict[str, torch.Tensor]], n: int) -> None
         return
     s.consecutive_skips = 0
     p.last_finite_loss, p.last_finite_step = terms["loss"].item(), p.step
+    s.running_loss = p.last_finite_loss if s.running_loss is None else 0.95 * s.running_loss + 0.05 * p.last_finite_loss
+    if s.meter is not None:
+        s.meter.note(f"loss {s.running_loss:.2f}")
     if p.step % t.log_every_steps == 0 or p.step == 1:
         logged = distributed.mean_over_ranks({k: terms[k] for k in ("loss", "recon", "kl")}, n)
         s.tracker.scalars("train", {**logged, "grad_norm": terms["grad_norm"], "beta": s.beta_at(p.step - 1)}, p.step)

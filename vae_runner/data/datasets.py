@@ -22,6 +22,7 @@ from vae_runner.data.idx import FORMATS, missing_files, read_mnist_format
 from vae_runner.data.memory import require_memory, resize_plan
 from vae_runner.data.splits import SPLIT_SEED, Split, binarize_split, hold_out, holdout_size, select_classes, stratified_indices
 from vae_runner.errors import DatasetUnavailable, UserError
+from vae_runner.progress import Meter
 
 log = logging.getLogger(__name__)
 
@@ -234,13 +235,14 @@ def _load_image_folder(
         decode_bytes(n_images, channels, image_size, num_workers), f"{n_images:,} decoded images of {channels}x{image_size}x{image_size}",
         image_size, f"use a smaller dataset.image_size, or dataset.max_memory_mb={stream_mb} so the images stream from disk",
     )
-    log.info("decoding %d images from %s", n_images, path)
+    log.info("decoding %s images from %s", f"{n_images:,}", path)
     decoded = {}
-    for key, files in splits.items():
-        files.warn_each = False  # counted in the folder's one summary line instead
-        decoded[key], failed = decode_all(files, num_workers)
-        if failed:
-            sources[key].skipped[UNREADABLE] += failed
+    with Meter(f"decoding {path}", n_images, unit="images") as meter:
+        for key, files in splits.items():
+            files.warn_each = False  # counted in the folder's one summary line instead
+            decoded[key], failed = decode_all(files, num_workers, meter)
+            if failed:
+                sources[key].skipped[UNREADABLE] += failed
     for listing in listings:
         listing.report()
     for key, split in decoded.items():

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vae_runner.data.splits import Split
+from vae_runner.progress import Meter
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +224,8 @@ def decode_bytes(n_images: int, channels: int, image_size: int, num_workers: int
     return (n_images + in_flight) * channels * image_size * image_size
 
 
-def decode_all(files: ImageFiles, num_workers: int) -> tuple[Split, int]:
-    """Every image decoded once, in parallel workers, into one preallocated uint8 tensor; and how many failed."""
+def decode_all(files: ImageFiles, num_workers: int, meter: Optional[Meter] = None) -> tuple[Split, int]:
+    """Every image decoded once, in parallel workers, into one preallocated uint8 tensor; and how many failed. `meter` counts them."""
     images = torch.empty((len(files), files.channels, files.image_size, files.image_size), dtype=torch.uint8)
     labels = torch.empty(len(files), dtype=torch.long)
     loader = DataLoader(files, batch_size=DECODE_BATCH, num_workers=num_workers, collate_fn=collate_images)
@@ -235,4 +236,6 @@ def decode_all(files: ImageFiles, num_workers: int) -> tuple[Split, int]:
             images[n : n + len(batch_images)] = batch_images
             labels[n : n + len(batch_labels)] = batch_labels
             n += len(batch_images)
+            if meter is not None:
+                meter.advance(len(batch_images), len(batch_images))
     return Split(images[:n], None if files.labels is None else labels[:n]), len(files) - n
