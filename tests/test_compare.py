@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
-from vae_runner.compare import constant_overrides, find_runs, group_runs, main, metric_names, summarise, varied_keys
+from vae_runner import plots
+from vae_runner.compare import (
+    build_table,
+    constant_overrides,
+    default_metrics,
+    find_runs,
+    format_stat,
+    group_runs,
+    main,
+    metric_names,
+    summarise,
+    varied_keys,
+)
+from vae_runner.plots import PlotData, Point, plot_data, wants_log_x
 
 # Two configurations (beta 1 and 4) x three seeds. beta=1 has the lower val/loss but the higher val/kl,
 # so sorting by one or the other gives opposite orders.
@@ -233,3 +248,157 @@ def test_list_valued_override_is_shown_as_text(tmp_path: Path, capsys: pytest.Ca
     make_run(tmp_path, "b", ["model.hidden_dims=[b,a]", "seed=0"], {"val/loss": 80.0})
     assert main([str(tmp_path)]) == 0
     assert [row[0] for row in table_rows(capsys.readouterr().out)] == ["[b,a]", "[512]"]  # 80 before 90
+
+
+# ---------------------------------------------------------------- default columns, --metrics all
+
+
+def make_beta_sweep(root: Path, nll: str = "test/nll", scale: float = 1.0) -> Path:
+    """5 β values x 2 seeds with every metric a real run records; `scale` 20 gives CIFAR-10-sized nats."""
+    for beta in (0.5, 1, 2, 4, 8):
+        for seed in (1, 2):
+            kl, recon = scale * 30 / beta**0.5 + 0.3 * seed, scale * (70 + 8 * beta**0.7) - 0.4 * seed
+            metrics = {
+                "val/loss": recon + beta * kl, "val/recon": recon, "val/kl": kl, "val/elbo": -(recon + kl), "val/active_units": 20 - 2 * beta + seed,
+                nll: recon + kl - 4, "test/elbo": -(recon + kl) - 1, "test/recon": recon + 1.5, "test/kl": kl - 0.5, "test/bits_per_dim": 0.2,
+                "test/seconds": 3.2, "train/seconds": 120.5, "train/images_per_s": 25000.0, "train/steps": 4690, "train/epochs": 10.0,
+                "train/skipped_steps": 0, "data/train_images": 55000, "data/val_images": 5000, "data/test_images": 10000,
+            }
+            make_run(root, f"model.beta={beta},seed={seed}", ["model=beta_vae", f"model.beta={beta}", f"seed={seed}", "dataset.root=../shared/data"], metrics)
+    return root
+
+
+@pytest.mark.parametrize("nll", ["test/nll", "test/nll_given_label"])
+@pytest.mark.parametrize("scale", [1.0, 20.0])
+def test_default_table_fits_120_columns_untruncated(tmp_path: Path, nll: str, scale: float) -> None:
+    from rich.console import Console
+
+    groups = group_runs(find_runs(make_beta_sweep(tmp_path, nll, scale)))
+    rows = summarise(groups)
+    metrics = default_metrics(metric_names([run for g in groups for run in g.runs]))
+    assert metrics == ["val/loss", nll, "val/recon", "val/kl", "val/active_units"]
+    console = Console(width=120, record=True, color_system=None)
+    table = build_table(rows, metrics, groups, "val/loss", False)
+    console.print(table)
+    text = console.export_text()
+    assert console.measure(table, options=console.options.update_width(1000)).maximum <= 120  # fits without squeezing
+    assert max(len(line) for line in text.splitlines()) <= 120 and "…" not in text
+    assert table_header(text) == ["model.beta", "n", *metrics]
+    printed = table_rows(text)
+    assert len(printed) == 5  # one line per configuration: no cell folded onto a second line
+    assert [cells[2:] for cells in printed] == [[format_stat(m, row.stats[m]) for m in metrics] for row in rows]
+
+
+def test_metrics_all_shows_every_metric_and_the_default_says_how_many_it_hides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = make_beta_sweep(tmp_path / "sweep")
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert table_header(out) == ["model.beta", "n", "val/loss", "test/nll", "val/recon", "val/kl", "val/active_units"]
+    assert "(14 more metrics recorded: --metrics all shows every one)" in out
+
+    assert main([str(sweep), "--metrics", "all"]) == 0
+    out = capsys.readouterr().out
+    assert len(table_header(out)) == 2 + 19 and "more metrics recorded" not in out
+    assert main([str(sweep), "--metrics", "val/kl"]) == 0
+    assert table_header(capsys.readouterr().out) == ["model.beta", "n", "val/kl"]
+
+
+def test_without_any_default_metric_every_metric_is_a_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a", ["optim.lr=0.1"], {"train/seconds": 3.0, "custom/score": 0.5})
+    make_run(tmp_path, "b", ["optim.lr=0.2"], {"train/seconds": 4.0, "custom/score": 0.7})
+    assert main([str(tmp_path)]) == 0
+    assert table_header(capsys.readouterr().out) == ["optim.lr", "n", "train/seconds", "custom/score"]
+
+
+# ---------------------------------------------------------------- --plot
+
+
+@pytest.fixture
+def handed_to_draw(monkeypatch: pytest.MonkeyPatch) -> list[PlotData]:
+    """What vae-compare hands to the drawing function (which then draws nothing)."""
+    handed: list[PlotData] = []
+    monkeypatch.setattr(plots, "draw", lambda data, path, title="": handed.append(data))
+    return handed
+
+
+def test_plotted_points_are_the_table_means_and_stds(sweep: Path, tmp_path: Path, handed_to_draw: list[PlotData]) -> None:
+    table = tmp_path / "table.json"
+    assert main([str(sweep), "--plot", str(tmp_path / "rd.png"), "--json", str(table)]) == 0
+    (data,) = handed_to_draw
+    assert (data.x_metric, data.y_metric) == ("val/kl", "val/recon")  # the runs have no test/kl
+    assert data.points == [Point(11.0, 91.0, 1.0, 1.0, "model.beta=1"), Point(6.0, 105.0, 1.0, 1.0, "model.beta=4")]
+    records = json.loads(table.read_text())
+    assert [(p.x, p.y, p.xerr, p.yerr) for p in data.points] == [(r["val/kl_mean"], r["val/recon_mean"], r["val/kl_std"], r["val/recon_std"]) for r in records]
+
+    # One numeric key varied: a panel per column of the table, against model.beta (1 to 4: a linear axis).
+    assert data.key == "model.beta" and data.log_x is False
+    assert [s.metric for s in data.series] == ["val/loss", "val/recon", "val/kl"]
+    loss = data.series[0]
+    assert (loss.x, loss.y) == ([1.0, 4.0], [102.0, 111.0]) and loss.yerr == [2.0, pytest.approx(math.sqrt(3))]
+
+
+def test_rate_distortion_uses_the_test_split_a_log_axis_for_a_tenfold_span_and_no_bar_for_one_seed(tmp_path: Path) -> None:
+    groups = group_runs(find_runs(make_beta_sweep(tmp_path)))
+    data = plot_data(summarise(groups), ["val/loss", "val/kl"])
+    assert (data.x_metric, data.y_metric) == ("test/kl", "test/recon")
+    assert data.log_x is True and [s.x for s in data.series] == [[0.5, 1.0, 2.0, 4.0, 8.0]] * 2  # 0.5 to 8: 16x
+
+    one_seed = [run for run in find_runs(tmp_path) if run.overrides["seed"] == 1]
+    points = plot_data(summarise(group_runs(one_seed)), []).points
+    assert len(points) == 5 and all(p.xerr is None and p.yerr is None for p in points)
+    assert wants_log_x([1, 4]) is False and wants_log_x([0, 1, 100]) is False and wants_log_x([1e-4, 1e-3]) is True
+
+
+def test_two_varied_keys_give_labelled_points_and_no_panels(tmp_path: Path) -> None:
+    for i, (beta, latent) in enumerate([(1, 8), (1, 16), (4, 8)]):
+        make_run(tmp_path, str(i), [f"model.beta={beta}", f"model.latent_dim={latent}"], {"val/kl": 10.0 / beta, "val/recon": 90.0 + latent})
+    data = plot_data(summarise(group_runs(find_runs(tmp_path))), ["val/kl"])
+    assert [p.label for p in data.points] == ["model.beta=1, model.latent_dim=8", "model.beta=1, model.latent_dim=16", "model.beta=4, model.latent_dim=8"]
+    assert data.key is None and data.series == []
+
+
+def test_plot_is_a_png_of_three_by_two_panels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    png = tmp_path / "rd.png"
+    assert main([str(make_beta_sweep(tmp_path / "sweep")), "--plot", str(png)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"rate–distortion plot: {png}"
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size == (1440, 840)  # rate–distortion + 5 metrics: 3 x 2 panels of 480 x 420
+        assert len(image.getcolors(maxcolors=1_000_000) or []) > 10  # drawn, not blank
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rd.png", "sweep"]  # and no temporary file
+
+
+@pytest.mark.parametrize("where", ["missing folder", "a folder", "under a file"])
+def test_unwritable_plot_path_exits_2_before_printing(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    target = {"missing folder": tmp_path / "no-such" / "rd.png", "a folder": tmp_path, "under a file": tmp_path / "notes.txt" / "rd.png"}[where]
+    assert main([str(sweep), "--plot", str(target)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1 and lines[0].startswith("error: --plot ") and str(target) in lines[0]
+    assert lines[0].endswith({"missing folder": "does not exist; create the folder or choose another path.", "a folder": f"e.g. --plot {tmp_path / 'compare.png'}.",
+                              "under a file": "is a file, not a folder; create the folder or choose another path."}[where])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "sweeps"]
+
+
+def test_a_failed_plot_write_leaves_no_file(sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    def full_disk(self: FigureCanvasAgg, f: BinaryIO, **kwargs: object) -> None:
+        f.write(b"\x89PNG half a picture")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FigureCanvasAgg, "print_png", full_disk)
+    target = tmp_path / "out" / "rd.png"
+    target.parent.mkdir()
+    assert main([str(sweep), "--plot", str(target)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --plot {target} could not be written (No space left on device); choose another path or free some space (a previous file there is intact)."
+    assert list(target.parent.iterdir()) == []  # neither the picture nor its temporary file
+
+
+def test_plot_without_kl_or_recon_is_refused_before_printing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, "a", ["seed=0"], {"val/loss": 1.0})
+    assert main([str(tmp_path), "--plot", str(tmp_path / "rd.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: --plot needs test/kl and test/recon") and not (tmp_path / "rd.png").exists()

@@ -11,7 +11,7 @@ from torch.distributions import MultivariateNormal, Normal
 
 from vae_runner.data.batches import TensorBatches
 from vae_runner.data.datasets import Split
-from vae_runner.evaluate import collect_posteriors, nll_subset, per_image_bounds
+from vae_runner.evaluate import collect_posteriors, nll_image_count, nll_subset, per_image_bounds
 from vae_runner.metrics import active_units, auroc, bits_per_dim, importance_log_likelihood, kl_per_dim, psnr, summarise_bounds
 from vae_runner.model import VAE
 from vae_runner.objective import gaussian_kl
@@ -266,6 +266,24 @@ def test_the_nll_of_a_subset_is_the_same_images_scored_alone() -> None:
     assert metrics["nll_se"] == pytest.approx(chosen.std().item() / math.sqrt(30), rel=1e-9)
     assert metrics["elbo"] == pytest.approx(part["elbo"].double().mean().item(), rel=1e-9)  # over all 100
     assert nll_subset(batches, None, seed=5).all() and nll_subset(batches, 1000, seed=5).all()
+
+
+@pytest.mark.parametrize(
+    "overrides, train_images, expected",
+    [
+        ([], 54_000, 1_080),  # the default run: 10 epochs, K=100: a fifth of 540,000 decodes
+        (["dataset=cifar10", "model=cvae", "train.epochs=1"], 45_000, 100),  # 90, raised to the floor of 100
+        (["eval.nll_samples=5000"], 54_000, 100),
+        (["train.max_steps=1000"], 54_000, 256),  # 128,000 images trained
+        (["eval.nll_images=all"], 54_000, 10_000),
+        (["eval.nll_images=500"], 54_000, 500),
+        (["eval.nll_images=50000"], 54_000, 10_000),
+    ],
+)
+def test_auto_scores_the_nll_on_images_in_proportion_to_training(overrides: list[str], train_images: int, expected: int) -> None:
+    from tests.conftest import compose_config
+
+    assert nll_image_count(compose_config(overrides), test_images=10_000, train_images=train_images) == expected
 
 
 def test_one_scored_image_has_no_standard_error() -> None:

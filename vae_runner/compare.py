@@ -426,10 +426,14 @@ def _render(table: Table, runs: Sequence[Run], root: Path, hidden: int, out: Con
         out.print(f"unfinished (no metrics.json, not averaged): {len(unfinished)} run{'s' * (len(unfinished) != 1)}: {names}", markup=False, highlight=False)
 
 
+# What an output file might be called, for the sentence that refuses a folder.
+_EXAMPLE_NAMES = {"--csv": "compare.csv", "--json": "compare.json", "--plot": "compare.png"}
+
+
 def check_output_path(flag: str, path: Path) -> None:
     """Refuse, before any work, an output file that cannot be written: its folder is missing or read-only, or it is a folder."""
     if path.is_dir():
-        raise UserError(f"{flag} {path} is a folder; name a file, e.g. {flag} {path / ('compare' + (path.suffix or '.' + flag.lstrip('-')))}.")
+        raise UserError(f"{flag} {path} is a folder; name a file in it, e.g. {flag} {path / _EXAMPLE_NAMES.get(flag, 'compare')}.")
     if not path.parent.is_dir():
         what = "is a file, not a folder" if path.parent.exists() else "does not exist"
         raise UserError(f"{flag} {path}: {path.parent} {what}; create the folder or choose another path.")
@@ -467,7 +471,7 @@ def compare(argv: Sequence[str] | None = None) -> None:
         sort = DEFAULT_SORT
     if sort is not None:
         rows = sort_rows(rows, sort, args.desc)
-    figure = _plot_data(rows, metrics) if args.plot else None  # before printing: a sweep without KL is refused up front
+    plotted = _plot_data(rows, metrics) if args.plot else None  # before printing: a sweep without KL is refused up front
 
     hidden = len(available) - len(metrics) if args.metrics is None else 0
     _render(build_table(rows, metrics, groups, sort, args.desc), runs, root, hidden)
@@ -478,8 +482,8 @@ def compare(argv: Sequence[str] | None = None) -> None:
         if path is not None:
             _write_output(flag, path, lambda: write(path, rows, file_metrics))
             log.info("wrote %s", path)
-    if figure is not None:
-        _write_plot(figure, args.plot, root)
+    if plotted is not None:
+        _write_plot(plotted, args.plot, root)
 
 
 def _plot_data(rows: Sequence[Row], metrics: Sequence[str]) -> PlotData:
@@ -489,13 +493,13 @@ def _plot_data(rows: Sequence[Row], metrics: Sequence[str]) -> PlotData:
     return plot_data(rows, metrics)
 
 
-def _write_plot(figure: PlotData, path: Path, root: Path) -> None:
-    """Draw the figure to `path` and say where it is."""
+def _write_plot(plotted: PlotData, path: Path, root: Path) -> None:
+    """Draw the plot to `path` and say where it is."""
     from rich.console import Console
 
     from vae_runner import plots
 
-    _write_output("--plot", path, lambda: plots.draw(figure, path, title=f"vae-compare {root.resolve().name}"))
+    _write_output("--plot", path, lambda: plots.draw(plotted, path, title=f"vae-compare {root.resolve().name}"))
     Console(soft_wrap=True).print(f"rate–distortion plot: {path}", markup=False, highlight=False)
 
 

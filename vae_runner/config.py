@@ -77,6 +77,7 @@ class TrainConfig:
     batch_size: int = 128
     log_every_steps: int = 10
     image_every_epochs: int = 1
+    pictures_every_epochs: int = 0  # also keep every N-th epoch's pictures in pictures/epoch_NNN/; 0: only the latest, in pictures/
     checkpoint_every_steps: int = 500  # also at every epoch's end; 0: only there
     grad_clip: Optional[float] = None  # clip the gradient's global norm to this
     max_skipped_steps: int = 20  # stop after this many non-finite steps in a row
@@ -100,7 +101,9 @@ class EvalConfig:
     """The evaluation at the end of a run (and of `vae-eval`)."""
 
     nll_samples: int = 100  # importance samples K for test/nll (1: the ELBO; papers use 5000)
-    nll_images: Optional[int] = 2000  # test/nll over N test images drawn across classes with a fixed seed (null: all), with its standard error
+    # test/nll over N test images drawn across classes with a fixed seed, with its standard error: a number,
+    # `all`, or `auto` (enough images that the NLL decodes a fifth as many images as training did; 100 at least).
+    nll_images: Any = "auto"
     nll_chunk: int = 10  # samples decoded at once: memory, and speed (larger temporaries are page-faulted again on every chunk)
     test_samples: Optional[int] = None  # evaluate only N test images, drawn across classes with a fixed seed
 
@@ -251,6 +254,8 @@ def _check_train(t: DictConfig, o: DictConfig, e: DictConfig) -> None:
             _positive(f"train.{key}", t[key])
     if t.checkpoint_every_steps < 0:
         raise UserError(f"train.checkpoint_every_steps={t.checkpoint_every_steps} is negative; use 0 to checkpoint at epoch ends only.")
+    if t.pictures_every_epochs < 0:
+        raise UserError(f"train.pictures_every_epochs={t.pictures_every_epochs} is negative; use 0 to keep only the latest pictures, or N to keep every N-th epoch's.")
     _positive("optim.lr", o.lr)
     if not math.isfinite(o.weight_decay):
         raise UserError(f"optim.weight_decay={o.weight_decay} is not a finite number; pass a finite value.")
@@ -260,8 +265,9 @@ def _check_train(t: DictConfig, o: DictConfig, e: DictConfig) -> None:
     _positive("eval.nll_chunk", e.nll_chunk)
     if e.test_samples is not None:
         _positive("eval.test_samples", e.test_samples)
-    if e.nll_images is not None:
-        _positive("eval.nll_images", e.nll_images)
+    if e.nll_images not in ("auto", "all"):
+        if isinstance(e.nll_images, bool) or not isinstance(e.nll_images, int) or e.nll_images < 1:
+            raise UserError(f"eval.nll_images={e.nll_images!r} is not a number of images; use a positive integer, all or auto.")
 
 
 # Groups whose extra keys are legitimate: optim.* are the optimizer's own arguments (checked against its signature).

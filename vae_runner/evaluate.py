@@ -28,7 +28,9 @@ from vae_runner.lock import RunLock
 from vae_runner.metrics import active_units, auroc, importance_log_likelihood, kl_per_dim, psnr, summarise_bounds
 from vae_runner.model import VAE, evaluating
 from vae_runner.objective import elbo_terms, gaussian_kl, recon_nll
-from vae_runner.pictures import denoising_grid, interpolation, latent_scatter, latent_traversal, manifold_grid
+from vae_runner.pictures import (
+    anomaly_figure, class_samples_figure, denoising_figure, interpolation, manifold_figure, render, scatter_figure, traversal_figure,
+)
 from vae_runner.progress import Meter
 from vae_runner.resume import EVALUATION_CHANGES
 from vae_runner.run_dir import RunDir, read_metrics
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 # Each Monte Carlo estimate of the final report draws from its own stream (seed + offset),
 # so changing K moves test/nll alone, never test/elbo.
 NLL_STREAM, ELBO_STREAM, NOISE_STREAM = 0, 1, 2
+NLL_DECODE_SHARE, NLL_MIN_IMAGES = 0.2, 100  # eval.nll_images=auto (see nll_image_count)
 # A CVAE's likelihoods are conditional on the true label, and named so.
 GIVEN_LABEL = {"nll": "nll_given_label", "nll_se": "nll_given_label_se", "elbo": "elbo_given_label", "bits_per_dim": "bits_per_dim_given_label"}
 
@@ -130,17 +133,22 @@ def reconstruct(model: VAE, x: Tensor, y: Optional[Tensor]) -> Tensor:
         return model.sample(mu, y)
 
 
-def sample_pictures(tracker: Tracker, model: VAE, examples: Examples, step: int, seed: int) -> None:
-    """Fixed validation images over their reconstructions, and samples from the prior at fixed z (a CVAE: one row per class)."""
+def sample_pictures(tracker: Tracker, model: VAE, examples: Examples, step: int, seed: int, class_names: Sequence[str] = ()) -> None:
+    """Fixed validation images over their reconstructions, and samples from the prior at fixed z (a CVAE: one row per class, named)."""
     device = next(model.parameters()).device
     tracker.image("val/reconstructions", reconstruction_grid(examples.x, reconstruct(model, examples.x, examples.labels(model))), step)
     z, y = prior_latents(model.latent_dim, model.num_classes, seed=seed)
     with evaluating(model):
         samples = model.sample(z.to(device), None if y is None else y.to(device))
-    tracker.image("samples/prior", samples_grid(samples), step)
+    grid = samples_grid(samples)
+    if model.num_classes:
+        grid = render(class_samples_figure(grid, samples.shape[-2:], class_names, model.num_classes))
+    tracker.image("samples/prior", grid, step)
 
 
-def posterior_report(model: VAE, batches: Batches, tracker: Tracker, step: int, examples: Examples, pictures: bool) -> dict[str, float]:
+def posterior_report(
+    model: VAE, batches: Batches, tracker: Tracker, step: int, examples: Examples, pictures: bool, class_names: Sequence[str] = ()
+) -> dict[str, float]:
     """Per epoch: KL of each latent dimension, active units, posterior histograms and, if `pictures`, the latent space drawn."""
     mu, logvar, labels = collect_posteriors(model, batches)  # (N, D) each, on the CPU
     kl_d = kl_per_dim(mu, logvar)
@@ -152,23 +160,25 @@ def posterior_report(model: VAE, batches: Batches, tracker: Tracker, step: int, 
     tracker.histogram("val/posterior_mean", mu, step)
     tracker.histogram("val/posterior_std", torch.exp(0.5 * logvar), step)
     if pictures:
-        latent_pictures(tracker, model, examples, kl_d, mu, labels, step)
+        latent_pictures(tracker, model, examples, kl_d, mu, labels, step, class_names)
     return {"active_units": float(n_active)}
 
 
-def latent_pictures(tracker: Tracker, model: VAE, examples: Examples, kl_d: Tensor, mu: Tensor, labels: Optional[Tensor], step: int) -> None:
+def latent_pictures(
+    tracker: Tracker, model: VAE, examples: Examples, kl_d: Tensor, mu: Tensor, labels: Optional[Tensor], step: int, class_names: Sequence[str] = ()
+) -> None:
     """Traversal, interpolation (pairs of the fixed examples; none with a single example), scatter, manifold and denoising."""
     y = examples.labels(model)
-    tracker.image("latent/traversal", latent_traversal(model, examples.x[:1], None if y is None else y[:1], kl_d), step)
+    tracker.image("latent/traversal", render(traversal_figure(model, examples.x[:1], None if y is None else y[:1], kl_d)), step)
     half = examples.x.shape[0] // 2
     if half:
         pair_y = (None, None) if y is None else (y[:half], y[half : 2 * half])
         tracker.image("latent/interpolation", interpolation(model, examples.x[:half], pair_y[0], examples.x[half : 2 * half], pair_y[1]), step)
-    tracker.image("latent/scatter", latent_scatter(mu, labels, num_classes=max(10, model.num_classes)), step)
+    tracker.image("latent/scatter", render(scatter_figure(mu, labels, class_names, images="validation images")), step)
     if model.latent_dim == 2 and not model.num_classes:
-        tracker.image("latent/manifold", manifold_grid(model), step)
+        tracker.image("latent/manifold", render(manifold_figure(model)), step)
     if examples.noisy is not None:
-        tracker.image("val/denoising", denoising_grid(examples.noisy, reconstruct(model, examples.noisy, y), examples.x), step)
+        tracker.image("val/denoising", render(denoising_figure(examples.noisy, reconstruct(model, examples.noisy, y), examples.x)), step)
 
 
 # ------------------------------------------------------------------ the final test report
@@ -210,7 +220,9 @@ def per_image_bounds(
     nll_rows = torch.ones(n, dtype=torch.bool) if nll_rows is None else nll_rows.cpu()
     out: dict[str, list[Tensor]] = {"log_px": [], "elbo": [], "recon": [], "kl": [], "labels": []}
     g_nll, g_elbo = _generator(batches.device, seed + NLL_STREAM), _generator(batches.device, seed + ELBO_STREAM)
-    meter = Meter(f"test NLL, K={k}, {int(nll_rows.sum()):,} images", n, unit="images")
+    scored = int(nll_rows.sum())
+    what = f"test NLL, K={k}, {n:,} images" if scored == n else f"test ELBO of {n:,} images, NLL (K={k}) of {scored:,}"
+    meter = Meter(what, n, unit="images")
     with evaluating(model), meter:
         for x, y in batches.epoch(0):
             yc = _labels(model, y)
@@ -231,6 +243,23 @@ def per_image_bounds(
     if not out["elbo"]:
         raise ValueError("evaluation got an empty split: the batches yielded no images")
     return {**{name: torch.cat(values) for name, values in out.items() if values}, "nll_rows": nll_rows}
+
+
+def nll_image_count(cfg: DictConfig, test_images: int, train_images: int) -> int:
+    """How many test images get the importance-sampled NLL: `eval.nll_images` as a number, `all`, or `auto`.
+
+    `auto` keeps the final evaluation in proportion to the training: its K decodes per
+    image add up to NLL_DECODE_SHARE of the images training decoded (forward passes only,
+    so a few percent of training's cost), and never fewer than NLL_MIN_IMAGES. The count
+    follows from the config alone, so the same checkpoint always gets the same images.
+    """
+    setting, t = cfg.eval.nll_images, cfg.train
+    if setting == "all":
+        return test_images
+    if setting != "auto":
+        return min(int(setting), test_images)
+    trained = t.max_steps * t.batch_size if t.max_steps is not None else t.epochs * train_images
+    return min(test_images, max(NLL_MIN_IMAGES, math.ceil(NLL_DECODE_SHARE * trained / cfg.eval.nll_samples)))
 
 
 def nll_subset(batches: Batches, n: Optional[int], seed: int) -> Tensor:
@@ -261,14 +290,15 @@ def label_free_elbo(model: VAE, batches: Batches, classes: Sequence[int], seed: 
     return torch.cat(scores)
 
 
-def test_report(model: VAE, batches: Batches, tracker: Tracker, step: int, cfg: DictConfig) -> dict[str, float]:
+def test_report(model: VAE, batches: Batches, tracker: Tracker, step: int, cfg: DictConfig, nll_images: Optional[int] = None) -> dict[str, float]:
     """The final evaluation on the test split: importance-sampled NLL, anomaly AUROC and denoising PSNR, logged as `test/...`.
 
-    For a CVAE the likelihoods are conditional on the true label: they are named
-    `test/nll_given_label`, `test/elbo_given_label` and `test/bits_per_dim_given_label`.
+    `nll_images` of the test images get the NLL (all by default). For a CVAE the likelihoods
+    are conditional on the true label: they are named `test/nll_given_label`,
+    `test/elbo_given_label` and `test/bits_per_dim_given_label`.
     """
     d, seed = cfg.dataset, cfg.seed
-    rows = nll_subset(batches, cfg.eval.nll_images, seed + NLL_STREAM)
+    rows = nll_subset(batches, nll_images, seed + NLL_STREAM)
     bounds = per_image_bounds(model, batches, k=cfg.eval.nll_samples, chunk=cfg.eval.nll_chunk, seed=seed, nll_rows=rows)
     held_out = torch.zeros(len(bounds["elbo"]), dtype=torch.bool)
     if d.holdout_classes and "labels" in bounds:
@@ -295,7 +325,9 @@ def _anomaly_auroc(model: VAE, batches: Batches, bounds: dict[str, Tensor], held
         score = -bounds["elbo"]  # higher is more anomalous
     tracker.histogram("test/anomaly_score/normal", score[~held_out], step)
     tracker.histogram("test/anomaly_score/held_out", score[held_out], step)
-    return auroc(score[held_out], score[~held_out])
+    area = auroc(score[held_out], score[~held_out])
+    tracker.image("test/anomaly_scores", render(anomaly_figure(score[~held_out], score[held_out], area, list(cfg.dataset.holdout_classes))), step)
+    return area
 
 
 def _denoising(model: VAE, batches: Batches, noise: str, level: float, tracker: Tracker, step: int, seed: int) -> dict[str, float]:
@@ -310,7 +342,7 @@ def _denoising(model: VAE, batches: Batches, noise: str, level: float, tracker: 
             noisy_psnr.append(psnr(noisy, x).clamp(max=100.0).cpu())
             if first is None:
                 first = (noisy, recon, x)
-    tracker.image("test/denoising", denoising_grid(*first), step)
+    tracker.image("test/denoising", render(denoising_figure(*first)), step)
     return {"test/psnr_recon": torch.cat(recon_psnr).mean().item(), "test/psnr_noisy": torch.cat(noisy_psnr).mean().item()}
 
 
@@ -323,7 +355,8 @@ def final_report(built: Built, cfg: DictConfig, tracker: Tracker, step: int, val
         examples = fixed_examples(built.data.val, built.val, cfg.dataset.noise, cfg.dataset.noise_level, cfg.seed)
         val.update(posterior_report(model, built.val, tracker, step, examples, pictures=False))
     metrics = {f"val/{k}": v for k, v in val.items()}
-    metrics.update(test_report(model, built.test, tracker, step, cfg))
+    nll_images = nll_image_count(cfg, built.test.num_samples, built.train.num_samples)
+    metrics.update(test_report(model, built.test, tracker, step, cfg, nll_images))
     metrics["test/seconds"] = time.perf_counter() - start
     return metrics
 

@@ -21,7 +21,7 @@ RESUME_ENV = "VAE_RUNNER_RESUME_SWEEP"  # set by `-m ... resume=true`: finished 
 # metrics describe another model or other data than the run trained on.
 EVALUATION_CHANGES = ("eval.", "device", "precision", "dataset.root", "dataset.path", "dataset.num_workers", "dataset.max_memory_mb")
 RESUMABLE_CHANGES = (
-    "train.epochs", "train.max_steps", "train.log_every_steps", "train.image_every_epochs",
+    "train.epochs", "train.max_steps", "train.log_every_steps", "train.image_every_epochs", "train.pictures_every_epochs",
     "train.checkpoint_every_steps", "train.max_skipped_steps", *EVALUATION_CHANGES,
 )
 

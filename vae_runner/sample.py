@@ -55,7 +55,7 @@ def parse_args(argv: list[str]) -> SampleArgs:
     """RUN_DIR, then key=value pairs, each checked; a bad one is one sentence naming it."""
     run_dir, *pairs = argv
     if "=" in run_dir and not Path(run_dir).exists():
-        raise UserError(f"vae-sample needs the run directory first (vae-sample RUN_DIR [key=value ...]), got {run_dir}.")
+        raise UserError(f"vae-sample needs the run directory first (vae-sample RUN_DIR key=value ...), got {run_dir}.")
     values: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -106,10 +106,10 @@ def _temperature(value: str) -> float:
 def check_out(out: Path) -> None:
     """The PNG can be written: a .png name, not a folder, in an existing folder this user may write to."""
     folder = out.absolute().parent
-    if out.suffix.lower() != ".png":
-        raise UserError(f"out={out} must name a .png file, e.g. out={out.with_suffix('.png').name}.")
     if out.is_dir():
         raise UserError(f"out={out} is a folder; name a file in it, e.g. out={out / 'samples.png'}.")
+    if out.suffix.lower() != ".png":
+        raise UserError(f"out={out} must name a .png file, e.g. out={out.with_suffix('.png').name}.")
     if not folder.is_dir():
         raise UserError(f"out={out}: the folder {folder} does not exist; create it or choose another out=.")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -155,7 +155,7 @@ def draw(run: LoadedRun, args: SampleArgs) -> tuple[Tensor, int, str]:
         return images, per_row, f"{run.num_classes} rows (classes 0 to {run.num_classes - 1}) of {per_row}, the same z down each column"
     z = draw_latents(args.n, run.latent_dim, args.temperature, args.seed)
     images = run.decode(z, args.label)
-    what = f"{args.n} samples" + ("" if args.label is None else f" of class {args.label}{_named(run, args.label)}")
+    what = f"{args.n} sample{'s' if args.n > 1 else ''}" + ("" if args.label is None else f" of class {args.label}{_named(run, args.label)}")
     return images, per_row, f"{what}, {per_row} to a row"
 
 

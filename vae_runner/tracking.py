@@ -1,17 +1,22 @@
-"""TensorBoard: scalars as `split/name`, image grids, and the HParams entry, all in the run's own writer."""
+"""TensorBoard: scalars as `split/name`, image grids, and the HParams entry, all in the run's own writer; the pictures also as PNG files."""
 
 from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
+
+import numpy as np
 
 import torch
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from vae_runner.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +29,20 @@ HPARAM_METRICS = (
 
 
 class Tracker:
-    """Writes everything into the run directory's own event file, so TensorBoard shows one run per run directory, by its name."""
+    """Writes everything into the run directory's own event file, so TensorBoard shows one run per run directory, by its name.
 
-    def __init__(self, log_dir: Optional[Path], purge_step: Optional[int] = None):
+    Given a `pictures` folder, every image is also saved there as `<tag>.png`
+    (`samples/prior` -> `samples_prior.png`), the latest one of each tag, with
+    the very pixels TensorBoard gets; inside `copies_in(name)` also into
+    `pictures/<name>/`.
+    """
+
+    def __init__(self, log_dir: Optional[Path], purge_step: Optional[int] = None, pictures: Optional[Path] = None):
         # purge_step: TensorBoard discards this run's earlier events at steps >= it (used on resume).
-        # log_dir None: a tracker that writes nothing (the ranks other than 0 of a torchrun job).
+        # log_dir None: a tracker that writes nothing (the ranks other than 0 of a torchrun job), no PNG either.
         self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=10, purge_step=purge_step) if log_dir else None
+        self.pictures = pictures if self.writer is not None else None
+        self._copies: Optional[Path] = None  # a second folder for the pictures, while `copies_in` is active
         self._warned: set[str] = set()  # tags already warned about non-finite values: one warning each, not one per step
 
     def _warn_once(self, tag: str, message: str, *args: object) -> None:
@@ -79,13 +92,26 @@ class Tracker:
         )
 
     def image(self, tag: str, grid: Tensor, step: int) -> None:
-        """Log one (C, H, W) image in [0, 1]; NaN pixels become 0 and +-Inf the nearest end of the range."""
+        """Log one (C, H, W) image in [0, 1], and save it as `<tag>.png` in the pictures folder(s); NaN pixels become 0 and +-Inf the nearest end of the range."""
         if self.writer is None:
             return
         grid = grid.detach().float().cpu()
         if not bool(torch.isfinite(grid).all()):
             self._warn_once(tag, "%s has non-finite pixels at step %d; NaN is drawn black, +Inf white", tag, step)
-        self.writer.add_image(tag, finite_pixels(grid), step)
+        pixels = image_bytes(grid)  # one rounding for TensorBoard and the PNG: the same picture in both
+        self.writer.add_image(tag, pixels, step, dataformats="HWC")
+        for folder in (self.pictures, self._copies):
+            if folder is not None:
+                write_png(folder / png_name(tag), pixels)
+
+    @contextmanager
+    def copies_in(self, name: Optional[str]) -> Iterator[None]:
+        """Inside the block, each image also goes to `pictures/<name>/` (e.g. `epoch_003`); None: no copies."""
+        self._copies = self.pictures / name if self.pictures is not None and name else None
+        try:
+            yield
+        finally:
+            self._copies = None
 
     def hparams(self, hparams: Mapping[str, object], shown: Sequence[str] = (), metrics: Sequence[str] = HPARAM_METRICS) -> None:
         """Declare this run's hyper-parameters for the HParams tab, with `shown` among the columns displayed by default.
@@ -120,6 +146,27 @@ class Tracker:
 def finite_pixels(image: Tensor) -> Tensor:
     """Pixels in [0, 1] whatever came in: NaN becomes 0, +Inf 1, -Inf 0 (torch.nan_to_num, then a clamp)."""
     return torch.nan_to_num(image.float()).clamp(0, 1)
+
+
+def image_bytes(image: Tensor) -> np.ndarray:
+    """A (C, H, W) image in [0, 1] as (H, W, 3) uint8 pixels, rounded to the nearest level; grey becomes RGB."""
+    pixels = (finite_pixels(image.detach().cpu()) * 255).round().to(torch.uint8)
+    if pixels.shape[0] == 1:
+        pixels = pixels.expand(3, *pixels.shape[1:])
+    return pixels.permute(1, 2, 0).contiguous().numpy()
+
+
+def png_name(tag: str) -> str:
+    """The file a TensorBoard tag's picture is saved as: `samples/prior` -> `samples_prior.png`."""
+    return tag.replace("/", "_") + ".png"
+
+
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    """(H, W, 3) uint8 pixels as an RGB PNG, written whole or not at all (a temporary file, then a rename)."""
+    from PIL import Image
+
+    image = Image.fromarray(pixels, "RGB")
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def image_grid(images: Tensor, per_row: int) -> Tensor:

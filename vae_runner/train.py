@@ -196,7 +196,7 @@ def start(cfg: DictConfig, run: RunDir) -> Session:
         built.test.num_samples, built.data.info.channels, built.data.info.image_size, built.data.info.image_size, built.device, built.precision,
     )
     # On resume, TensorBoard drops the events logged after the checkpoint: curves continue without duplicated points.
-    tracker = Tracker(run.tensorboard if main else None, purge_step=progress.step + 1 if progress.step else None)
+    tracker = Tracker(run.tensorboard if main else None, purge_step=progress.step + 1 if progress.step else None, pictures=run.pictures)
     if progress.step == 0:
         hparams = _hparams(cfg, model.arch)
         tracker.hparams(hparams, shown=_shown_hparams(hparams))
@@ -321,10 +321,14 @@ def end_epoch(s: Session, images: int, seconds: float, batches_done: int, stop: 
     if distributed.is_main():  # the other ranks wait at the barrier
         val = validation_terms(m, s.built.val, beta=s.cfg.model.beta, amp_dtype=s.built.amp_dtype, seed=s.cfg.seed)
         s.tracker.scalars("val", val, p.step)
-        pictures = p.epoch % t.image_every_epochs == 0 or p.epoch == t.epochs
-        if pictures:
-            sample_pictures(s.tracker, m, s.examples, p.step, s.cfg.seed)
-        val.update(posterior_report(m, s.built.val, s.tracker, p.step, s.examples, pictures))
+        last = p.epoch >= t.epochs or (t.max_steps is not None and p.step >= t.max_steps)
+        kept = t.pictures_every_epochs > 0 and p.epoch % t.pictures_every_epochs == 0
+        pictures = p.epoch % t.image_every_epochs == 0 or kept or last  # the run always ends with its pictures
+        names = s.built.data.info.class_names
+        with s.tracker.copies_in(epoch_folder(p.epoch, t.epochs) if kept else None):
+            if pictures:
+                sample_pictures(s.tracker, m, s.examples, p.step, s.cfg.seed, names)
+            val.update(posterior_report(m, s.built.val, s.tracker, p.step, s.examples, pictures, names))
         log.info(
             "epoch %d/%d  step %d  train/loss %.2f  val/loss %.2f (recon %.2f, kl %.2f)  %s img/s",
             p.epoch, t.epochs, p.step, p.last_finite_loss, val["loss"], val["recon"], val["kl"], f"{images / max(seconds, 1e-9):,.0f}",
@@ -336,6 +340,11 @@ def end_epoch(s: Session, images: int, seconds: float, batches_done: int, stop: 
     if distributed.any_rank(stop.signum is not None):
         _stop_after_checkpoint(s, stop)
     return val
+
+
+def epoch_folder(epoch: int, epochs: int) -> str:
+    """The folder under `pictures/` that keeps an epoch's pictures: `epoch_003`, zero-padded to sort (at least 3 digits)."""
+    return f"epoch_{epoch:0{max(3, len(str(epochs)))}d}"
 
 
 def _stop_after_checkpoint(s: Session, stop: StopSignals) -> None:
