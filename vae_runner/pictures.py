@@ -269,7 +269,7 @@ def scatter_figure(mu: Tensor, labels: Optional[Tensor] = None, class_names: Seq
     pts = pts[keep_pts].double()
     kept = keep.nonzero().squeeze(1)[keep_pts]  # indices into mu of the plotted points
 
-    fig = Figure(figsize=(6.4, 4.8), dpi=DPI, facecolor="white", layout="constrained")
+    fig = Figure(figsize=(5.2, 4.2), dpi=DPI, facecolor="white", layout="constrained")
     ax = fig.add_subplot()
     ax.axhline(0.0, color="0.85", linewidth=0.8, zorder=0)
     ax.axvline(0.0, color="0.85", linewidth=0.8, zorder=0)
@@ -325,7 +325,7 @@ def anomaly_figure(normal: Tensor, held_out: Tensor, auroc: float, held_out_clas
     groups = {"normal": normal, f"held out{which}": held_out}
     finite = {name: s.detach().double().cpu()[torch.isfinite(s.detach().cpu())].numpy() for name, s in groups.items()}
     both = np.concatenate(list(finite.values()))
-    fig = Figure(figsize=(6.4, 3.6), dpi=DPI, facecolor="white", layout="constrained")
+    fig = Figure(figsize=(5.2, 3.2), dpi=DPI, facecolor="white", layout="constrained")
     ax = fig.add_subplot()
     if both.size:
         bins = np.histogram_bin_edges(both, bins=50)
