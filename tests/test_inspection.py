@@ -32,9 +32,12 @@ def _histogram_tags(event_dir: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def latent2_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-d latent VAE on dynamically binarised MNIST without the digit 0."""
+    """A 2-d latent VAE on dynamically binarised MNIST without the digit 0, keeping each epoch's pictures."""
     cwd = tmp_path_factory.mktemp("latent2")
-    proc = vae_run(f"dataset.root={mnist_root}", *SMALL, "model.latent_dim=2", "dataset.binarize=dynamic", "dataset.holdout_classes=[0]", cwd=cwd)
+    proc = vae_run(
+        f"dataset.root={mnist_root}", *SMALL, "model.latent_dim=2", "dataset.binarize=dynamic", "dataset.holdout_classes=[0]",
+        "train.pictures_every_epochs=1", cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return _run_dir(cwd)
 
@@ -63,11 +66,32 @@ def test_collapse_is_visible_per_dimension(latent2_run: Path) -> None:
 
 def test_latent_pictures_have_the_right_shapes(latent2_run: Path) -> None:
     images = read_images(latent2_run)
-    assert images["latent/manifold"][-1][1:] == (20 * 28, 20 * 28)
-    assert images["latent/scatter"][-1][1:] == (512, 512)
-    assert images["latent/traversal"][-1][1:] == (2 * 30 + 2, 11 * 30 + 2)  # both dims, 11 steps from -3 to 3
+    assert images["latent/manifold"][-1][1:] == (20 * 28 + 56, 20 * 28 + 82)  # the 560 px grid on axes giving z
+    assert images["latent/scatter"][-1][1:] == (420, 520)
+    height, width = images["latent/traversal"][-1][1:]
+    assert height == 2 * 30 + 2 + 46 and 11 * 30 + 2 < width <= 800  # both dims, 11 steps from -3 to 3, labelled
     assert images["latent/interpolation"][-1][1:] == (4 * 30 + 2, 10 * 30 + 2)  # 4 pairs, 10 steps
+    assert images["test/anomaly_scores"][-1][1:] == (320, 520)
     assert len(images["latent/manifold"]) == 2  # every epoch
+    assert max(w for tag in images for _, _, w in images[tag]) <= 800  # each fits a TensorBoard card opened at actual size
+
+
+EPOCH_PICTURES = {"latent_interpolation.png", "latent_manifold.png", "latent_scatter.png", "latent_traversal.png", "samples_prior.png", "val_reconstructions.png"}
+
+
+def test_the_run_saves_its_pictures_as_the_pngs_tensorboard_shows(latent2_run: Path) -> None:
+    from PIL import Image
+
+    pictures = latent2_run / "pictures"
+    assert {p.name for p in pictures.iterdir()} == EPOCH_PICTURES | {"test_anomaly_scores.png", "epoch_001", "epoch_002"}
+    assert {p.name for p in (pictures / "epoch_001").iterdir()} == EPOCH_PICTURES  # train.pictures_every_epochs=1
+    images = read_images(latent2_run)
+    for name in EPOCH_PICTURES:
+        tag = name.removesuffix(".png").replace("_", "/", 1)
+        (first_h, first_w), (last_h, last_w) = images[tag][0][1:], images[tag][-1][1:]
+        assert Image.open(pictures / "epoch_001" / name).size == (first_w, first_h), name
+        assert Image.open(pictures / name).size == Image.open(pictures / "epoch_002" / name).size == (last_w, last_h), name
+    assert Image.open(pictures / "latent_manifold.png").size == (560 + 82, 560 + 56)
 
 
 def test_custom_scalars_put_recon_and_kl_side_by_side(latent2_run: Path) -> None:
@@ -107,9 +131,12 @@ def test_denoising_reports_psnr_above_the_noisy_input(mnist_root: Path, tmp_path
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/psnr_recon"] > metrics["test/psnr_noisy"] + 0.5  # dB, after 2 short epochs
     images = read_images(run_dir)
-    assert images["test/denoising"][-1][1] == 3 * 30 + 2  # noisy, reconstructed, clean
-    assert images["val/denoising"][-1][1] == 3 * 30 + 2
+    assert images["test/denoising"][-1][1] == 3 * 30 + 2 + 8  # noisy, reconstructed, clean, named beside the rows
+    assert images["val/denoising"][-1][1] == 3 * 30 + 2 + 8
+    assert images["samples/prior"][-1][1] == 10 * 30 + 2 + 8  # a CVAE: one row per class, named
     assert "latent/manifold" not in images  # latent_dim 20
+    pngs = {p.name for p in (run_dir / "pictures").iterdir()}
+    assert {"test_denoising.png", "val_denoising.png", "samples_prior.png"} <= pngs and not any(p.startswith("epoch_") for p in pngs)
 
 
 def test_free_bits_floor_each_dimension_in_the_loss_only() -> None:

@@ -1,26 +1,42 @@
-"""Pictures of a trained VAE: grid shapes, traversal order, interpolation endpoints, the 2-D manifold, scatter plots."""
+"""Pictures of a trained VAE: grid shapes, traversal order, interpolation endpoints, the 2-D manifold, the labelled figures, the PNG files."""
 
 from __future__ import annotations
 
+import io
+import subprocess
+import sys
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from tests.conftest import compose_config, read_images
+from vae_runner.config import validate
+from vae_runner.data.idx import FASHION_MNIST_CLASSES, MNIST_CLASSES
+from vae_runner.errors import UserError
 from vae_runner.model import VAE
 from vae_runner.pictures import (
-    AXIS_GREY,
-    TAB10,
     _project_2d,
+    anomaly_figure,
+    class_colours,
+    class_samples_figure,
+    denoising_figure,
     denoising_grid,
     interpolation,
-    latent_scatter,
     latent_traversal,
+    manifold_figure,
     manifold_grid,
+    render,
+    scatter_figure,
     top_kl_dims,
+    traversal_figure,
 )
-from vae_runner.tracking import reconstruction_grid, samples_grid
+from vae_runner.tracking import Tracker, image_bytes, png_name, reconstruction_grid, samples_grid
+from vae_runner.train import epoch_folder, pictures_due
 
 SIDE = 28
 CELL = SIDE + 2  # one tile plus make_grid's 2 px gutter
@@ -102,7 +118,7 @@ def test_cvae_interpolation_decodes_with_the_start_label() -> None:
     assert (tile(grid, 0, 4)[0] - with_own_label[0, 0]).abs().max().item() > 1e-4
 
 
-def test_manifold_is_one_560_px_image_with_z_2_decreasing_downwards() -> None:
+def test_manifold_is_one_560_px_image_with_z1_decreasing_downwards() -> None:
     model = tiny_vae(latent_dim=2)
     image = manifold_grid(model, n=20, span=2.0)
     assert image.shape == (1, 20 * SIDE, 20 * SIDE)
@@ -115,39 +131,6 @@ def test_manifold_is_one_560_px_image_with_z_2_decreasing_downwards() -> None:
 def test_manifold_refuses_latent_dim_3() -> None:
     with pytest.raises(ValueError, match="latent_dim=3"):
         manifold_grid(tiny_vae(latent_dim=3))
-
-
-def test_scatter_puts_class_0_right_of_centre_on_white() -> None:
-    mu = torch.tensor([[4.0, 0.0], [-1.0, 3.0], [0.5, -2.0]])
-    image = latent_scatter(mu, torch.tensor([0, 1, 2]), size=512)
-    assert image.shape == (3, 512, 512)
-    # Range is +-4.4, so (4, 0) lands at column round(8.4 / 8.8 * 511) = 488, row 511 - 256 = 255.
-    class_0 = torch.tensor(TAB10[0]) / 255.0
-    assert torch.allclose(image[:, 255, 488], class_0)
-    assert torch.allclose(image[:, 255 - 1 : 255 + 2, 488 - 1 : 488 + 2], class_0.view(3, 1, 1).expand(3, 3, 3))
-    assert image[:, 10, 10].tolist() == [1.0, 1.0, 1.0]
-    white = (image == 1.0).all(dim=0).float().mean().item()
-    assert white > 0.99  # 3 dots of 9 px and two 512 px axes in 262,144 px
-
-
-def test_scatter_without_labels_uses_one_colour() -> None:
-    image = latent_scatter(torch.randn(200, 2), None, size=128)
-    colours = {tuple(round(v, 4) for v in px) for px in image.permute(1, 2, 0).reshape(-1, 3).tolist()}
-    colours -= {(1.0, 1.0, 1.0), (0.85, 0.85, 0.85)}  # background and axes
-    assert len(colours) == 1
-
-
-def test_scatter_of_5_d_means_plots_their_first_principal_component_horizontally() -> None:
-    direction = torch.tensor([0.0, 3.0, 0.0, 4.0, 0.0]) / 5.0
-    mu = torch.linspace(-2, 2, 9)[:, None] * direction + 1.0  # all variance along one axis, off the origin
-    image = latent_scatter(mu, torch.zeros(9, dtype=torch.long), size=256)
-    class_0 = torch.tensor(TAB10[0]) / 255.0
-    coloured = (image - class_0.view(3, 1, 1)).abs().amax(dim=0) < 1e-6
-    rows = coloured.nonzero()[:, 0]
-    assert rows.min().item() >= 126 and rows.max().item() <= 129  # centre row 127 +- the dot's 1 px
-    cols = coloured.nonzero()[:, 1]
-    # Range is +-2.2 around the centre: the end points +-2 sit at columns 12 and 243, each dot 1 px wider.
-    assert (cols.min().item(), cols.max().item()) == (11, 244)
 
 
 def test_denoising_grid_is_three_rows_of_eight() -> None:
@@ -165,6 +148,8 @@ def test_pictures_leave_the_model_in_its_previous_mode() -> None:
         latent_traversal(model, x[:1], None, torch.ones(2), n_dims=2, steps=3)
         interpolation(model, x[:1], None, x[1:], None, steps=3)
         manifold_grid(model, n=3)
+        traversal_figure(model, x[:1], None, torch.ones(2), n_dims=2, steps=3)
+        manifold_figure(model, n=3)
         assert model.training is training
 
 
@@ -176,9 +161,11 @@ def test_pictures_of_a_cuda_model_come_back_on_the_cpu() -> None:
         latent_traversal(model, x[:1], y[:1], torch.ones(2), n_dims=2, steps=3),
         interpolation(model, x[:1], y[:1], x[1:], y[1:], steps=3),
         manifold_grid(model, n=3, y=5),
-        latent_scatter(torch.randn(9, 2, device="cuda"), torch.arange(9, device="cuda")),
+        render(traversal_figure(model, x[:1], y[:1], torch.ones(2), n_dims=2, steps=3)),
+        render(manifold_figure(model, n=3, y=5)),
+        render(scatter_figure(torch.randn(9, 2, device="cuda"), torch.arange(9, device="cuda"))),
     ]
-    assert [p.device.type for p in pictures] == ["cpu"] * 4
+    assert [p.device.type for p in pictures] == ["cpu"] * 6
 
 
 # One image, one pair, one point: every picture still comes out, framed like a larger one.
@@ -290,32 +277,211 @@ def test_projection_of_one_and_two_points() -> None:
     assert two.abs().tolist() == [[1.0, 0.0], [1.0, 0.0]]  # +-1 along the one direction they differ in
 
 
-def test_scatter_of_one_5_d_point_is_a_dot_at_the_origin() -> None:
-    image = latent_scatter(torch.randn(1, 5), torch.tensor([3]), size=64)
-    class_3 = torch.tensor(TAB10[3]) / 255.0
-    coloured = ((image - class_3.view(3, 1, 1)).abs().amax(dim=0) < 1e-6).nonzero()
-    # The origin is pixel round(31.5) = 32 across and 63 - 32 = 31 down; the dot is 3x3 around it.
-    assert coloured[:, 0].unique().tolist() == [30, 31, 32] and coloured[:, 1].unique().tolist() == [31, 32, 33]
+# The labelled figures: what is handed to matplotlib (labels, points, the grid itself) and the size of what comes back.
 
 
-def test_scatter_leaves_out_non_finite_means() -> None:
+def labels(ticks: list) -> list[str]:
+    """The texts of matplotlib tick labels or legend entries."""
+    return [t.get_text() for t in ticks]
+
+
+def test_traversal_rows_name_their_dimension_and_its_kl_and_columns_their_offset() -> None:
+    kl = torch.tensor([0.1, 5.0, 0.0, 2.004])
+    fig = traversal_figure(OnlyZ1Decoder(), torch.rand(1, 1, SIDE, SIDE), None, kl, n_dims=4, steps=11)
+    ax = fig.axes[0]
+    rows = labels(ax.get_yticklabels())
+    assert rows == ["z1  KL 5.00", "z3  KL 2.00", "z0  KL 0.10", "z2  KL 0.00"]  # sorted by KL, like the grid's rows
+    assert [float(r.split("KL ")[1]) for r in rows] == pytest.approx([kl[d].item() for d in (1, 3, 0, 2)], abs=0.005)
+    assert list(ax.get_yticks()) == [16.0, 46.0, 76.0, 106.0]  # the centres of the 28 px rows, 30 px apart
+    assert labels(ax.get_xticklabels()) == ["−3", "", "", "", "", "0", "", "", "", "", "3"]  # 11 ticks; the whole σ written
+    assert ax.get_xlabel() == "σ from the mean, steps of 0.6"
+    grid = latent_traversal(OnlyZ1Decoder(), torch.rand(1, 1, SIDE, SIDE), None, kl, n_dims=4, steps=11)
+    assert np.array_equal(fig.images[0].get_array(), image_bytes(grid))  # the grid itself, pixel for pixel
+    image = render(fig)
+    assert image.shape[:2] == (3, 4 * CELL + 2 + 46)  # 46 px: two lines of text above, 4 px below
+    assert 11 * CELL + 2 + 60 < image.shape[2] <= 800  # row labels beside; fits a TensorBoard card
+
+
+def test_cvae_sample_rows_are_named_after_their_class() -> None:
+    grid = samples_grid(torch.rand(80, 1, SIDE, SIDE))  # 10 classes x 8
+    assert labels(class_samples_figure(grid, (SIDE, SIDE), MNIST_CLASSES, 10).axes[0].get_yticklabels()) == MNIST_CLASSES
+    assert labels(class_samples_figure(grid, (SIDE, SIDE), FASHION_MNIST_CLASSES, 10).axes[0].get_yticklabels())[7] == "Sneaker"
+    unnamed = labels(class_samples_figure(grid, (SIDE, SIDE), ["short", "a class name far too long to sit beside a row"], 10).axes[0].get_yticklabels())
+    assert unnamed[:3] == ["short", "a class name far too lo…", "class 2"]  # 23 characters and an ellipsis
+    assert len(unnamed[1]) == 24
+    assert render(class_samples_figure(grid, (SIDE, SIDE), MNIST_CLASSES, 10)).shape[1] == 10 * CELL + 2 + 8
+
+
+def test_denoising_rows_are_named() -> None:
+    noisy, recon, clean = (torch.full((8, 1, SIDE, SIDE), v) for v in (0.2, 0.5, 0.8))
+    fig = denoising_figure(noisy, recon, clean)
+    assert labels(fig.axes[0].get_yticklabels()) == ["noisy", "reconstructed", "clean"]
+    assert render(fig).shape[1] == 3 * CELL + 2 + 8
+
+
+def test_manifold_axes_give_z_at_the_tile_centres() -> None:
+    model = tiny_vae(latent_dim=2)
+    fig = manifold_figure(model, n=20, span=2.0)
+    ax = fig.axes[0]
+    # 20 tiles centred on -2 ... 2, 4/19 apart: the image spans half a tile more on each side.
+    assert ax.get_xlim() == pytest.approx((-2 - 2 / 19, 2 + 2 / 19)) and ax.get_ylim() == pytest.approx((-2 - 2 / 19, 2 + 2 / 19))
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("z0", "z1")
+    assert np.array_equal(fig.images[0].get_array(), image_bytes(manifold_grid(model, n=20, span=2.0)))
+    assert render(fig).shape == (3, 560 + 56, 560 + 82)  # the 560 px image and its axes
+
+
+def test_scatter_hands_matplotlib_each_class_means_under_its_name() -> None:
+    mu = torch.tensor([[4.0, 0.0], [-1.0, 3.0], [0.5, -2.0], [1.0, 1.0]])
+    fig = scatter_figure(mu, torch.tensor([0, 1, 2, 0]), MNIST_CLASSES, images="validation images")
+    ax = fig.axes[0]
+    assert [c.get_offsets().tolist() for c in ax.collections] == [[[4.0, 0.0], [1.0, 1.0]], [[-1.0, 3.0]], [[0.5, -2.0]]]
+    assert labels(ax.get_legend().get_texts()) == ["0 - zero", "1 - one", "2 - two"]
+    tab10 = class_colours(10)
+    assert [c.get_facecolor()[0][:3].tolist() for c in ax.collections] == [tab10[k][:3].tolist() for k in range(3)]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title(loc="left")) == ("z0", "z1", "posterior means of 4 validation images")
+    assert render(fig).shape == (3, 420, 520)
+
+
+def test_scatter_of_5_d_means_plots_their_principal_components() -> None:
+    direction = torch.tensor([0.0, 3.0, 0.0, 4.0, 0.0]) / 5.0
+    mu = torch.linspace(-2, 2, 9)[:, None] * direction + 1.0  # all variance along one axis, off the origin
+    ax = scatter_figure(mu, torch.zeros(9, dtype=torch.long), ["T"]).axes[0]
+    (points,) = ax.collections
+    assert np.allclose(points.get_offsets(), _project_2d(mu).numpy(), atol=1e-6)
+    assert np.allclose(np.abs(points.get_offsets()[:, 0]), [2, 1.5, 1, 0.5, 0, 0.5, 1, 1.5, 2], atol=1e-5)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("PC1 (100% of the variance)", "PC2 (0% of the variance)")
+
+
+def test_scatter_leaves_out_non_finite_means_and_says_how_many() -> None:
     mu = torch.tensor([[float("nan"), 0.0], [float("inf"), 1.0], [1.0, 0.0]])
-    image = latent_scatter(mu, torch.tensor([0, 1, 2]), size=64)
-    pixels = {tuple(round(v, 4) for v in px) for px in image.permute(1, 2, 0).reshape(-1, 3).tolist()}
-    colours = [tuple(round(v / 255.0, 4) for v in TAB10[k]) for k in range(3)]
-    assert pixels & set(colours) == {colours[2]}  # classes 0 and 1 had the NaN and the Inf
-    # The one finite mean (1, 0) sets the range to +-1.1: column round(2.1 / 2.2 * 63) = 60, on the z2 = 0 axis at row 31.
-    assert torch.allclose(image[:, 31, 60], torch.tensor(TAB10[2]) / 255.0)
+    ax = scatter_figure(mu, torch.tensor([0, 1, 2]), MNIST_CLASSES).axes[0]
+    (points,) = ax.collections
+    assert points.get_offsets().tolist() == [[1.0, 0.0]]
+    assert points.get_facecolor()[0][:3].tolist() == class_colours(10)[2][:3].tolist()  # class 2 keeps its colour
+    assert labels(ax.get_legend().get_texts()) == ["2 - two"]
+    assert ax.get_title(loc="left") == "posterior means of 1 image (2 non-finite left out)"
+    nothing = scatter_figure(torch.full((3, 4), float("nan")), torch.tensor([0, 1, 2]))
+    assert len(nothing.axes[0].collections) == 0 and render(nothing).shape == (3, 420, 520)
 
 
-def test_scatter_of_only_non_finite_means_is_its_axes() -> None:
-    image = latent_scatter(torch.full((3, 4), float("nan")), torch.tensor([0, 1, 2]), size=64)
-    grey = (image == AXIS_GREY).all(dim=0)
-    assert grey.sum().item() == 2 * 64 - 1  # two 64 px axes crossing at one pixel
-    assert (image == 1.0).all(dim=0).sum().item() == 64 * 64 - 127
-    assert grey[31].all() and grey[:, 32].all()  # z2 = 0 at row 63 - 32, z1 = 0 at column 32
+def test_scatter_without_labels_is_one_colour_and_without_legend() -> None:
+    ax = scatter_figure(torch.randn(200, 2), None).axes[0]
+    assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == 200
+    assert ax.get_legend() is None
 
 
-def test_scatter_refuses_zero_means() -> None:
+def test_scatter_of_25_classes_has_25_colours_and_no_legend() -> None:
+    ax = scatter_figure(torch.randn(250, 2), torch.arange(25).repeat(10)).axes[0]
+    assert len(ax.collections) == 25 and ax.get_legend() is None  # 25 names would not fit beside the plot
+    assert len({tuple(c.get_facecolor()[0].round(4)) for c in ax.collections}) == 25
+
+
+def test_scatter_refuses_zero_means_and_a_label_count_that_differs() -> None:
     with pytest.raises(ValueError, match="N >= 1"):
-        latent_scatter(torch.zeros(0, 2))
+        scatter_figure(torch.zeros(0, 2))
+    with pytest.raises(ValueError, match="got 2 labels for 3 means"):
+        scatter_figure(torch.zeros(3, 2), torch.tensor([0, 1]))
+
+
+def test_anomaly_figure_shows_both_groups_on_shared_bins() -> None:
+    torch.manual_seed(0)
+    normal = torch.cat([torch.randn(900) * 10 + 100, torch.tensor([float("nan")])])
+    fig = anomaly_figure(normal, torch.randn(100) * 10 + 130, 0.9301, [0])
+    ax = fig.axes[0]
+    assert labels(ax.get_legend().get_texts()) == ["normal (900)", "held out: class 0 (100)"]  # the NaN left out
+    assert fig.get_suptitle() == "anomaly scores of the test images (how many), AUROC 0.930"
+    bars = ax.patches
+    assert len(bars) == 100  # 50 shared bins for each group
+    assert [b.get_x() for b in bars[:50]] == [b.get_x() for b in bars[50:]]
+    assert sum(b.get_height() * b.get_width() for b in bars[:50]) == pytest.approx(1.0)  # a density
+    assert render(fig).shape == (3, 320, 520)
+
+
+def test_drawing_is_not_paid_for_at_import() -> None:
+    code = "import sys, vae_runner.train, vae_runner.evaluate, vae_runner.pictures; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# The PNG files: the very pixels TensorBoard shows, where and when.
+
+
+def tensorboard_pixels(event_dir: Path, tag: str) -> list[np.ndarray]:
+    """Each logged image of a tag, decoded, as (H, W, 3) uint8."""
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(event_dir), size_guidance={"images": 0})
+    acc.Reload()
+    return [np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB")) for e in acc.Images(tag)]
+
+
+def png_pixels(path: Path) -> np.ndarray:
+    """A PNG file as (H, W, 3) uint8."""
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_png_names_follow_the_tag() -> None:
+    assert png_name("samples/prior") == "samples_prior.png"
+    assert png_name("latent/traversal") == "latent_traversal.png"
+
+
+def test_tracker_saves_the_pixels_tensorboard_shows_and_copies_inside_the_block(tmp_path: Path) -> None:
+    pictures = tmp_path / "pictures"
+    tracker = Tracker(tmp_path, pictures=pictures)
+    grid = torch.rand(3, 20, 30)
+    grid[0, 0, 0] = float("nan")
+    tracker.image("latent/traversal", grid, step=5)
+    with tracker.copies_in("epoch_003"):
+        tracker.image("samples/prior", torch.full((1, 4, 6), 0.5), step=6)  # grey: saved as RGB, like TensorBoard's
+    tracker.image("samples/prior", torch.full((1, 4, 6), 0.25), step=7)  # after the block: the latest only
+    tracker.close()
+    files = sorted(str(p.relative_to(pictures)) for p in pictures.rglob("*") if p.is_file())
+    assert files == ["epoch_003/samples_prior.png", "latent_traversal.png", "samples_prior.png"]  # no temporary files left
+    (traversal,) = tensorboard_pixels(tmp_path, "latent/traversal")
+    assert traversal.shape == (20, 30, 3) and np.array_equal(png_pixels(pictures / "latent_traversal.png"), traversal)
+    assert png_pixels(pictures / "latent_traversal.png")[0, 0, 0] == 0  # NaN drawn black
+    at_6, at_7 = tensorboard_pixels(tmp_path, "samples/prior")
+    assert np.array_equal(png_pixels(pictures / "epoch_003" / "samples_prior.png"), at_6) and at_6[0, 0].tolist() == [128, 128, 128]
+    assert np.array_equal(png_pixels(pictures / "samples_prior.png"), at_7) and at_7[0, 0].tolist() == [64, 64, 64]
+
+
+def test_a_tracker_without_a_log_dir_writes_no_png(tmp_path: Path) -> None:
+    tracker = Tracker(None, pictures=tmp_path / "pictures")
+    with tracker.copies_in("epoch_001"):
+        tracker.image("samples/prior", torch.rand(3, 8, 8), step=1)
+    assert not (tmp_path / "pictures").exists()
+
+
+def test_cvae_prior_samples_reach_tensorboard_and_the_png_with_class_names(tmp_path: Path) -> None:
+    from vae_runner.evaluate import Examples, sample_pictures
+
+    model = tiny_vae(num_classes=10)
+    tracker = Tracker(tmp_path, pictures=tmp_path / "pictures")
+    sample_pictures(tracker, model, Examples(torch.rand(8, 1, SIDE, SIDE), torch.arange(8)), step=3, seed=0, class_names=MNIST_CLASSES)
+    tracker.close()
+    images = read_images(tmp_path)
+    assert images["samples/prior"][0][1] == 10 * CELL + 2 + 8  # one row per class, with 4 px above and below
+    assert images["samples/prior"][0][2] > 8 * CELL + 2 + 40  # the class names beside the rows
+    (shown,) = tensorboard_pixels(tmp_path, "samples/prior")
+    assert np.array_equal(png_pixels(tmp_path / "pictures" / "samples_prior.png"), shown)
+
+
+def test_pictures_are_drawn_every_n_epochs_kept_every_m_and_always_at_the_end() -> None:
+    t = OmegaConf.create({"epochs": 5, "max_steps": None, "image_every_epochs": 2, "pictures_every_epochs": 0})
+    assert [e for e in range(1, 6) if pictures_due(t, e, step=0)[0]] == [2, 4, 5]  # 5 is not a multiple of 2, but the last
+    assert not any(pictures_due(t, e, step=0)[1] for e in range(1, 6))
+    t.pictures_every_epochs = 3
+    assert [e for e in range(1, 6) if pictures_due(t, e, step=0)[0]] == [2, 3, 4, 5]
+    assert [e for e in range(1, 6) if pictures_due(t, e, step=0)[1]] == [3]
+    t.max_steps = 100  # train.max_steps ends the run in epoch 3
+    assert pictures_due(t, 1, step=99) == (False, False) and pictures_due(t, 1, step=100) == (True, False)
+    assert (epoch_folder(3, 10), epoch_folder(7, 2000)) == ("epoch_003", "epoch_0007")
+
+
+def test_a_negative_pictures_every_epochs_is_one_sentence() -> None:
+    with pytest.raises(UserError, match=r"^train.pictures_every_epochs=-1 is negative; use 0 to keep only the latest pictures"):
+        validate(compose_config(["train.pictures_every_epochs=-1"]))
+    validate(compose_config(["train.pictures_every_epochs=2"]))

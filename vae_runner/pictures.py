@@ -283,15 +283,17 @@ def scatter_figure(mu: Tensor, labels: Optional[Tensor] = None, class_names: Seq
             at = classes == k
             ax.scatter(pts[at, 0].numpy(), pts[at, 1].numpy(), s=5, color=colours[k], alpha=0.6, linewidths=0, label=class_name(class_names, k))
         if 0 < len(classes.unique()) <= LEGEND_CLASSES:
-            fig.legend(loc="outside right upper", fontsize=FONT, markerscale=2.5, frameon=False, handletextpad=0.2)
+            # Beside the plot, top-aligned with it: constrained layout makes room for an axes' outside legend.
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=FONT, markerscale=2.5, frameon=False, handletextpad=0.2, borderaxespad=0.0)
     x_name, y_name = _axis_names(mu[keep], _project_2d(mu[keep]))
     ax.set_xlabel(x_name, fontsize=FONT + 1)
     ax.set_ylabel(y_name, fontsize=FONT + 1)
     ax.tick_params(labelsize=FONT)
     ax.set_aspect("equal", adjustable="datalim")  # one unit is as long across as up: distances read true
     left_out = mu.shape[0] - pts.shape[0]
-    title = f"posterior means of {pts.shape[0]:,} {images}" + (f" ({left_out:,} non-finite left out)" if left_out else "")
-    ax.set_title(title, fontsize=FONT + 1)
+    noun = images if pts.shape[0] != 1 else images.removesuffix("s")
+    title = f"posterior means of {pts.shape[0]:,} {noun}" + (f" ({left_out:,} non-finite left out)" if left_out else "")
+    ax.set_title(title, fontsize=FONT + 1, loc="left")
     return fig
 
 
@@ -321,7 +323,7 @@ def anomaly_figure(normal: Tensor, held_out: Tensor, auroc: float, held_out_clas
     from matplotlib.figure import Figure
 
     classes = ", ".join(str(k) for k in held_out_classes)
-    which = f" (class{'es' if len(held_out_classes) > 1 else ''} {classes})" if classes else ""
+    which = f": class{'es' if len(held_out_classes) > 1 else ''} {classes}" if classes else ""
     groups = {"normal": normal, f"held out{which}": held_out}
     finite = {name: s.detach().double().cpu()[torch.isfinite(s.detach().cpu())].numpy() for name, s in groups.items()}
     both = np.concatenate(list(finite.values()))
@@ -331,11 +333,12 @@ def anomaly_figure(normal: Tensor, held_out: Tensor, auroc: float, held_out_clas
         bins = np.histogram_bin_edges(both, bins=50)
         for (name, scores), colour in zip(finite.items(), class_colours(2)):
             ax.hist(scores, bins=bins, density=True, alpha=0.55, color=colour, label=f"{name} ({scores.size:,})")
-        ax.legend(fontsize=FONT, frameon=False)
+        # Above the plot, side by side: inside it would cover the bars of one group or the other.
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=FONT, frameon=False, borderaxespad=0.2)
     ax.set_xlabel("anomaly score: −ELBO (nats); higher is more anomalous", fontsize=FONT + 1)
     ax.set_ylabel("density", fontsize=FONT + 1)
     ax.tick_params(labelsize=FONT)
-    ax.set_title(f"test images, AUROC {auroc:.3f}", fontsize=FONT + 1)
+    fig.suptitle(f"anomaly scores of the test images (how many), AUROC {auroc:.3f}", fontsize=FONT + 1)
     return fig
 
 

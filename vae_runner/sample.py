@@ -181,10 +181,10 @@ def write_png(grid: Tensor, out: Path, grey: bool) -> None:
 
 def sample(args: SampleArgs) -> str:
     """Load the run, draw, write the PNG; returns the line that says what went where."""
-    from vae_runner.api import load_run
+    check_paths(args)
+    from vae_runner.api import load_run  # torch, after the cheap checks
     from vae_runner.tracking import image_grid
 
-    check_paths(args)
     loaded = load_run(args.run_dir, args.device)
     check_class(loaded, args.label)
     images, per_row, what = draw(loaded, args)
@@ -201,13 +201,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(USAGE)
         sys.exit(0 if argv else EXIT_USER_ERROR)
     try:
-        args = parse_args(argv)
-        check_paths(args)
-        print(sample(args))
+        print(sample(parse_args(argv)))
     except UserError as err:
         fail(str(err))
     except KeyboardInterrupt:
-        fail(f"interrupted; {argv[0]} and any earlier PNG are unchanged.", 130)
+        fail("interrupted; no PNG was written (an earlier one at out= is unchanged).", 130)
 
 
 if __name__ == "__main__":

@@ -321,9 +321,7 @@ def end_epoch(s: Session, images: int, seconds: float, batches_done: int, stop: 
     if distributed.is_main():  # the other ranks wait at the barrier
         val = validation_terms(m, s.built.val, beta=s.cfg.model.beta, amp_dtype=s.built.amp_dtype, seed=s.cfg.seed)
         s.tracker.scalars("val", val, p.step)
-        last = p.epoch >= t.epochs or (t.max_steps is not None and p.step >= t.max_steps)
-        kept = t.pictures_every_epochs > 0 and p.epoch % t.pictures_every_epochs == 0
-        pictures = p.epoch % t.image_every_epochs == 0 or kept or last  # the run always ends with its pictures
+        pictures, kept = pictures_due(t, p.epoch, p.step)
         names = s.built.data.info.class_names
         with s.tracker.copies_in(epoch_folder(p.epoch, t.epochs) if kept else None):
             if pictures:
@@ -340,6 +338,18 @@ def end_epoch(s: Session, images: int, seconds: float, batches_done: int, stop: 
     if distributed.any_rank(stop.signum is not None):
         _stop_after_checkpoint(s, stop)
     return val
+
+
+def pictures_due(t: DictConfig, epoch: int, step: int) -> tuple[bool, bool]:
+    """Whether this epoch draws its pictures, and whether it keeps them in `pictures/epoch_NNN/`.
+
+    Drawn every `train.image_every_epochs`, on every kept epoch (every
+    `train.pictures_every_epochs`, 0: none), and always on the last one, which
+    `train.epochs` or `train.max_steps` ends.
+    """
+    last = epoch >= t.epochs or (t.max_steps is not None and step >= t.max_steps)
+    kept = t.pictures_every_epochs > 0 and epoch % t.pictures_every_epochs == 0
+    return epoch % t.image_every_epochs == 0 or kept or last, kept
 
 
 def epoch_folder(epoch: int, epochs: int) -> str:
