@@ -388,8 +388,8 @@ def test_anomaly_figure_shows_both_groups_on_shared_bins() -> None:
     normal = torch.cat([torch.randn(900) * 10 + 100, torch.tensor([float("nan")])])
     fig = anomaly_figure(normal, torch.randn(100) * 10 + 130, 0.9301, [0])
     ax = fig.axes[0]
-    assert labels(ax.get_legend().get_texts()) == ["normal (900)", "held out: class 0 (100)"]  # the NaN left out
-    assert fig.get_suptitle() == "anomaly scores of the test images (how many), AUROC 0.930"
+    assert labels(ax.get_legend().get_texts()) == ["normal (900 images)", "held out: class 0 (100 images)"]  # the NaN left out
+    assert fig.get_suptitle() == "anomaly scores of the test images, AUROC 0.930"
     bars = ax.patches
     assert len(bars) == 100  # 50 shared bins for each group
     assert [b.get_x() for b in bars[:50]] == [b.get_x() for b in bars[50:]]

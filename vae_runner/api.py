@@ -28,7 +28,7 @@ from torch import Tensor
 
 from vae_runner.build import build_model, resolve_device
 from vae_runner.checkpoint import load_checkpoint, load_model_state
-from vae_runner.config import STAMP_ENV, Config, run_stamp
+from vae_runner.config import MAX_SEED, STAMP_ENV, Config, run_stamp
 from vae_runner.data import DatasetInfo
 from vae_runner.data.idx import FORMATS
 from vae_runner.errors import UserError
@@ -40,7 +40,6 @@ Labels = Union[int, Sequence[int], Tensor, None]
 # The image side when `dataset.image_size` is unset: the dataset's own (an image folder is resized to 64).
 NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "image_folder": 64}
 CHUNK = 1024  # images through the model at once: memory stays bounded for any n
-MAX_SEED = 2**32 - 1  # as vae-run's `seed`
 
 
 # ------------------------------------------------------------------ a trained run

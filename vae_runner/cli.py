@@ -16,6 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -44,7 +45,7 @@ register_configs()
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
     """Print one message to stderr, unwrapped, and exit."""
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # [key=value] stays text
     sys.exit(code)
 
 

@@ -131,6 +131,7 @@ def config_dir() -> str:
     raise FileNotFoundError(f"vae-runner's configs/ folder is missing next to {package_dir}; reinstall vae-runner.")
 
 
+MAX_SEED = 2**32 - 1  # the seeds torch and numpy both take
 SWEPT_ENV = "VAE_RUNNER_SWEPT"  # the swept keys, handed to launcher workers whose argv is not the user's
 STAMP_ENV = "VAE_RUNNER_STAMP"  # the run directory's stamp, shared by the ranks of a torchrun job
 
@@ -194,8 +195,8 @@ def validate(cfg: DictConfig) -> None:
     _choice("precision", cfg.precision, PRECISIONS)
     if not DEVICE_PATTERN.match(str(cfg.device)):
         raise UserError(f"device={cfg.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps.")
-    if not 0 <= cfg.seed < 2**32:
-        raise UserError(f"seed={cfg.seed} is out of range; use an integer from 0 to 2**32 - 1 (4294967295).")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise UserError(f"seed={cfg.seed} is out of range; use an integer from 0 to 2**32 - 1 ({MAX_SEED}).")
     _check_model(cfg.model)
     _check_dataset(cfg.dataset)
     _check_train(cfg.train, cfg.optim, cfg.eval)

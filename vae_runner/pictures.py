@@ -332,13 +332,13 @@ def anomaly_figure(normal: Tensor, held_out: Tensor, auroc: float, held_out_clas
     if both.size:
         bins = np.histogram_bin_edges(both, bins=50)
         for (name, scores), colour in zip(finite.items(), class_colours(2)):
-            ax.hist(scores, bins=bins, density=True, alpha=0.55, color=colour, label=f"{name} ({scores.size:,})")
+            ax.hist(scores, bins=bins, density=True, alpha=0.55, color=colour, label=f"{name} ({scores.size:,} images)")
         # Above the plot, side by side: inside it would cover the bars of one group or the other.
         ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=FONT, frameon=False, borderaxespad=0.2)
     ax.set_xlabel("anomaly score: −ELBO (nats); higher is more anomalous", fontsize=FONT + 1)
     ax.set_ylabel("density", fontsize=FONT + 1)
     ax.tick_params(labelsize=FONT)
-    fig.suptitle(f"anomaly scores of the test images (how many), AUROC {auroc:.3f}", fontsize=FONT + 1)
+    fig.suptitle(f"anomaly scores of the test images, AUROC {auroc:.3f}", fontsize=FONT + 1)
     return fig
 
 

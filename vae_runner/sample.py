@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # torch loads after the arguments are checked: a typo is answ
     from vae_runner.api import LoadedRun
 
 MAX_IMAGES = 4096  # a 64 x 64 grid; more is no longer a picture
-MAX_SEED = 2**32 - 1
+MAX_SEED = 2**32 - 1  # config.MAX_SEED, not imported: the arguments are checked before Hydra or torch load
 KEYS = ("n", "class", "temperature", "seed", "out", "device")
 
 USAGE = """usage: vae-sample RUN_DIR [n=64] [class=K] [temperature=1.0] [seed=0] [out=samples.png] [device=auto]
