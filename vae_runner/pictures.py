@@ -27,6 +27,7 @@ from vae_runner.model import evaluating
 from vae_runner.tracking import finite_pixels, image_bytes, image_grid
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 Labels = Optional[Union[int, Tensor]]
@@ -117,7 +118,7 @@ def traversal_figure(
 
     Every column has a tick; the whole-number offsets (−3, 0, 3 for the
     default 11 steps) are written, and the step between columns goes in the
-    title: "−2.4−1.8−1.2" side by side over 28 px tiles cannot be read.
+    label above them: "−2.4−1.8−1.2" side by side over 28 px tiles cannot be read.
     """
     grid = latent_traversal(model, x, y, kl_per_dim, n_dims, steps, span)
     kl = kl_per_dim.detach().float().cpu()
@@ -221,7 +222,8 @@ def _axis_names(mu: Tensor, pts: Tensor) -> tuple[str, str]:
         return "z0", "z1" if d == 2 else "(latent_dim=1: no z1)"
     total = mu.var(dim=0).sum().item() if mu.shape[0] > 1 else 0.0
     shares = (pts.var(dim=0) / total).tolist() if total > 0 else [math.nan, math.nan]
-    return tuple(f"PC{k + 1} ({share:.0%} of the variance)" if math.isfinite(share) else f"PC{k + 1}" for k, share in enumerate(shares))  # type: ignore[return-value]
+    first, second = (f"PC{k} ({share:.0%} of the variance)" if math.isfinite(share) else f"PC{k}" for k, share in zip((1, 2), shares))
+    return first, second
 
 
 def class_colours(num_classes: int) -> np.ndarray:
@@ -285,7 +287,7 @@ def scatter_figure(mu: Tensor, labels: Optional[Tensor] = None, class_names: Seq
         if 0 < len(classes.unique()) <= LEGEND_CLASSES:
             # Beside the plot, top-aligned with it: constrained layout makes room for an axes' outside legend.
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=FONT, markerscale=2.5, frameon=False, handletextpad=0.2, borderaxespad=0.0)
-    x_name, y_name = _axis_names(mu[keep], _project_2d(mu[keep]))
+    x_name, y_name = _axis_names(mu[keep][keep_pts].double(), pts)
     ax.set_xlabel(x_name, fontsize=FONT + 1)
     ax.set_ylabel(y_name, fontsize=FONT + 1)
     ax.tick_params(labelsize=FONT)
@@ -372,7 +374,7 @@ def labelled_grid(grid: Tensor, tile: Sequence[int], rows: Sequence[str] = (), c
     return fig
 
 
-def _framed(image: Tensor, *, left: int, bottom: int, top: int, right: int) -> tuple[Figure, object]:
+def _framed(image: Tensor, *, left: int, bottom: int, top: int, right: int) -> tuple[Figure, Axes]:
     """A figure holding `image` pixel for pixel (not resampled) with margins in px, and see-through axes over it for ticks and labels."""
     from matplotlib.figure import Figure
 
