@@ -191,7 +191,7 @@ def test_an_unwritable_folder_leaves_the_previous_png_intact(vae_dir: Path, tmp_
         if not sys.platform.startswith("linux"):
             pytest.skip("needs Linux's /proc as root")
         target, message = Path("/proc/samples.png"), "could not write /proc/samples.png (No such file or directory)"
-        remedy = "choose another output folder (out=...)"
+        remedy = "choose another file (out=...)"
     else:
         locked = tmp_path / "locked"
         locked.mkdir()

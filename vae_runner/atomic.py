@@ -21,13 +21,14 @@ class OutputError(UserError):
     """The run directory could not be written (disk full, read-only, not a folder)."""
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any], elsewhere: str = "output folder (hydra.run.dir=...)") -> None:
     """Write through a temporary file, fsync, then rename: a kill leaves the old file or the new, never half of one.
 
     Whatever `write` raises, the temporary file is removed and the previous file
     is left intact. An OSError, or a RuntimeError from a failed write (what
     `torch.save` raises on a full disk), becomes an `OutputError` naming the
-    path, the reason and the space left; anything else propagates.
+    path, the reason, the space left and `elsewhere`, what to choose instead;
+    anything else propagates.
     """
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -46,7 +47,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             raise
         raise OutputError(
             f"could not write {path} ({reason}){_free_space(path.parent)}; free some space or choose another "
-            f"output folder (hydra.run.dir=...); the previous file there, if any, is intact."
+            f"{elsewhere}; the previous file there, if any, is intact."
         ) from None
 
 

@@ -398,7 +398,7 @@ def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, floa
         built = build(cfg)
         saved = load_checkpoint(run.checkpoint)
         load_model_state(built.model, saved["model"], run.checkpoint)
-        tracker = Tracker(run.tensorboard)
+        tracker = Tracker(run.tensorboard, pictures=run.pictures)
         try:
             metrics = final_report(built, cfg, tracker, saved["step"])
         finally:

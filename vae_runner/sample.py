@@ -167,16 +167,10 @@ def _named(run: LoadedRun, label: int) -> str:
 
 def write_png(grid: Tensor, out: Path, grey: bool) -> None:
     """A (3, H, W) grid in [0, 1] as an 8-bit PNG (greyscale for grey images), written whole or not at all."""
-    from PIL import Image
+    from vae_runner import tracking
 
-    from vae_runner.atomic import OutputError, atomic_write
-
-    pixels = (grid * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()  # (H, W, 3)
-    image = Image.fromarray(pixels[..., 0] if grey else pixels, "L" if grey else "RGB")
-    try:
-        atomic_write(out, lambda f: image.save(f, format="PNG"))
-    except OutputError as err:  # its remedy names vae-run's key; ours is out=
-        raise UserError(str(err).replace("(hydra.run.dir=...)", "(out=...)")) from None
+    pixels = tracking.image_bytes(grid)  # (H, W, 3)
+    tracking.write_png(out, pixels[..., 0] if grey else pixels, elsewhere="file (out=...)")
 
 
 def sample(args: SampleArgs) -> str:

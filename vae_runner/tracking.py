@@ -161,12 +161,12 @@ def png_name(tag: str) -> str:
     return tag.replace("/", "_") + ".png"
 
 
-def write_png(path: Path, pixels: np.ndarray) -> None:
-    """(H, W, 3) uint8 pixels as an RGB PNG, written whole or not at all (a temporary file, then a rename)."""
+def write_png(path: Path, pixels: np.ndarray, elsewhere: str = "output folder (hydra.run.dir=...)") -> None:
+    """(H, W, 3) uint8 pixels as an RGB PNG, or (H, W) as a grey one, written whole or not at all (a temporary file, then a rename)."""
     from PIL import Image
 
-    image = Image.fromarray(pixels, "RGB")
-    atomic_write(path, lambda f: image.save(f, format="PNG"))
+    image = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
+    atomic_write(path, lambda f: image.save(f, format="PNG"), elsewhere)
 
 
 def image_grid(images: Tensor, per_row: int) -> Tensor:
