@@ -38,6 +38,33 @@ def build_fake_mnist(root: Path, n_train: int = 3000, n_test: int = 500, seed: i
     return root
 
 
+# Tiny trained runs shared by the tests that load one (vae-sample, the Python API): 1,000 MNIST images, 2 epochs of 10 steps.
+TINY_TRAINED = [
+    "dataset.train_samples=1000", "dataset.val_samples=100", "eval.test_samples=100",
+    "train.epochs=2", "train.batch_size=100", "eval.nll_samples=2",
+]
+
+
+def _tiny_run(model: str, mnist_root: Path, base: Path) -> Path:
+    """A tiny run of `model` (vae or cvae) in `base`."""
+    run_dir = base / f"tiny-{model}"
+    proc = vae_run(f"model={model}", f"dataset.root={mnist_root}", *TINY_TRAINED, f"hydra.run.dir={run_dir}", cwd=base)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def vae_dir(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained VAE run, trained once per test session."""
+    return _tiny_run("vae", mnist_root, tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def cvae_dir(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained CVAE run, trained once per test session."""
+    return _tiny_run("cvae", mnist_root, tmp_path_factory.mktemp("tiny"))
+
+
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding MNIST/raw/: the real copy in ../shared/data, or a small fake one."""

@@ -16,20 +16,9 @@ import torch
 from PIL import Image
 
 from tests.conftest import REPO
-from tests.test_sample import trained_run
 from vae_runner.errors import UserError
 
 CELL = 28 + 2
-
-
-@pytest.fixture(scope="module")
-def vae_dir(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_run("vae", mnist_root, tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def cvae_dir(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_run("cvae", mnist_root, tmp_path_factory.getbasetemp())
 
 
 def test_import_vae_runner_loads_neither_torch_nor_hydra() -> None:

@@ -11,35 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import console_script, vae_run
+from tests.conftest import console_script
 
-# Tiny runs: 1,000 MNIST images, 2 epochs of 10 steps; MNIST is 28 x 28, so a grid cell is 30 px with its gutter.
-TINY = [
-    "dataset.train_samples=1000", "dataset.val_samples=100", "eval.test_samples=100",
-    "train.epochs=2", "train.batch_size=100", "eval.nll_samples=2",
-]
-CELL = 28 + 2
-_TRAINED: dict[str, Path] = {}
-
-
-def trained_run(model: str, mnist_root: Path, base: Path) -> Path:
-    """A tiny run of `model` (vae or cvae), trained once per test session (tests/test_api.py uses them too)."""
-    if model not in _TRAINED:
-        run_dir = base / f"tiny-{model}"
-        proc = vae_run(f"model={model}", f"dataset.root={mnist_root}", *TINY, f"hydra.run.dir={run_dir}", cwd=base)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        _TRAINED[model] = run_dir
-    return _TRAINED[model]
-
-
-@pytest.fixture(scope="module")
-def vae_dir(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_run("vae", mnist_root, tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def cvae_dir(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_run("cvae", mnist_root, tmp_path_factory.getbasetemp())
+CELL = 28 + 2  # an MNIST tile with its gutter
 
 
 def vae_sample(*args: str, cwd: Path) -> tuple[int, str, str]:

@@ -154,9 +154,9 @@ def posterior_report(
     kl_d = kl_per_dim(mu, logvar)
     n_active, _ = active_units(mu)
     width = max(2, len(str(model.latent_dim - 1)))
-    tracker.scalars("kl_per_dim", {f"{d:0{width}d}": v for d, v in enumerate(kl_d.tolist())}, step)
+    tracker.scalars("val_kl_per_dim", {f"{d:0{width}d}": v for d, v in enumerate(kl_d.tolist())}, step)
     tracker.scalars("val", {"active_units": n_active}, step)
-    tracker.histogram("kl_per_dim/all", kl_d, step)
+    tracker.histogram("val_kl_per_dim/all", kl_d, step)
     tracker.histogram("val/posterior_mean", mu, step)
     tracker.histogram("val/posterior_std", torch.exp(0.5 * logvar), step)
     if pictures:
