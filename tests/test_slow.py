@@ -46,4 +46,4 @@ def test_cvae_on_cifar10_jpeg_tree(tmp_path: Path) -> None:
     # Bernoulli NLL of 32x32x3 pixels in [0, 1]: an untrained model scores about 3072 * ln 2 = 2129 nats
     assert metrics["val/loss"] < 2129
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
-    assert read_images(run_dir)["samples/prior"][-1][1] == 10 * 34 + 2  # one row per class
+    assert read_images(run_dir)["samples/prior"][-1][1] == 10 * 34 + 2 + 8  # one row per class, in the figure's 4 px margins
