@@ -146,9 +146,12 @@ def draw(data: PlotData, path: Path, title: str = "") -> None:
 
 def _draw_rate_distortion(ax: Axes, data: PlotData) -> None:
     """Each configuration at (KL, reconstruction), with its std over seeds as error bars, labelled."""
+    right = max(p.x for p in data.points)
     for point in data.points:
         ax.errorbar(point.x, point.y, xerr=point.xerr, yerr=point.yerr, fmt="o", color="C0", ecolor="C0", capsize=3)
-        ax.annotate(point.label, (point.x, point.y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        left_of = point.x == right and len(data.points) > 1  # the right-most label reads leftwards, inside the axes
+        ax.annotate(point.label, (point.x, point.y), textcoords="offset points", xytext=(-5 if left_of else 5, 5),
+                    ha="right" if left_of else "left", fontsize=8)
     ax.margins(0.15)  # room for the labels beside the outermost points
     ax.set_xlabel(f"rate: {data.x_metric} (nats)")
     ax.set_ylabel(f"distortion: {data.y_metric} (nats)")
