@@ -118,6 +118,8 @@ VAE_REFUSALS = [
     ("sample", (0,), {}, r"n=0 must be a whole number of images >= 1"),
     ("sample", (4,), {"temperature": 0.0}, r"temperature=0.0 must be a positive, finite number"),
     ("sample", (4,), {"seed": -1}, r"seed=-1 is out of range"),
+    ("sample", (4,), {"temperature": 1e39}, r"latents must be finite numbers; got NaN or Inf \(is the temperature too large\?\)"),
+    ("decode", (torch.full((2, 20), math.nan),), {}, r"latents must be finite numbers"),
 ]
 
 

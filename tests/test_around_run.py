@@ -119,3 +119,10 @@ def test_help_shows_groups_commands_and_no_internal_keys(tmp_path: Path) -> None
     assert "README: " in text
     assert max(len(line) for line in text.splitlines()) <= 120
     assert not (tmp_path / "outputs").exists()
+
+
+def test_help_says_when_the_overrides_do_not_compose(tmp_path: Path) -> None:
+    proc = vae_run("model=foo", "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "(now: vae)" in proc.stdout
+    assert proc.stdout.rstrip().endswith("(the defaults are shown: model=foo did not compose: model=foo is not a choice for model; use one of: beta_vae, cvae, vae.)")

@@ -7,6 +7,9 @@ import errno
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import BinaryIO
 
@@ -241,6 +244,25 @@ def test_csv_into_a_missing_folder_exits_2_before_printing(sweep: Path, tmp_path
     assert main([str(sweep), "--csv", str(target)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and str(target.parent) in captured.err and not target.exists()
+
+
+def test_a_link_or_a_device_as_output_is_refused_and_left_as_it_was(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kept = tmp_path / "kept.csv"
+    kept.write_text("keep")
+    link = tmp_path / "link.csv"
+    link.symlink_to(kept)
+    for flag, target in (("--csv", link), ("--json", Path("/dev/null")), ("--plot", link)):
+        assert main([str(sweep), flag, str(target)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and "exists and is not a regular file" in captured.err
+    assert link.is_symlink() and kept.read_text() == "keep" and Path("/dev/null").is_char_device()
+
+
+def test_an_ascii_terminal_gets_the_table_without_a_crash(sweep: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "vae_runner.compare", str(sweep)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.beta" in proc.stdout and "Traceback" not in proc.stderr
 
 
 def test_list_valued_override_is_shown_as_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -266,6 +266,10 @@ def test_the_nll_of_a_subset_is_the_same_images_scored_alone() -> None:
     assert metrics["nll_se"] == pytest.approx(chosen.std().item() / math.sqrt(30), rel=1e-9)
     assert metrics["elbo"] == pytest.approx(part["elbo"].double().mean().item(), rel=1e-9)  # over all 100
     assert nll_subset(batches, None, seed=5).all() and nll_subset(batches, 1000, seed=5).all()
+    held_out = torch.isin(batches.labels, torch.tensor([0, 1, 2]))
+    kept = nll_subset(batches, 30, seed=5, skip=[0, 1, 2])
+    assert int(kept.sum()) == 30 and not (kept & held_out).any()  # held-out classes are never scored
+    assert torch.equal(nll_subset(batches, 1000, seed=5, skip=[0, 1, 2]), ~held_out)
 
 
 @pytest.mark.parametrize(
@@ -275,6 +279,7 @@ def test_the_nll_of_a_subset_is_the_same_images_scored_alone() -> None:
         (["dataset=cifar10", "model=cvae", "train.epochs=1"], 45_000, 100),  # 90, raised to the floor of 100
         (["eval.nll_samples=5000"], 54_000, 100),
         (["train.max_steps=1000"], 54_000, 256),  # 128,000 images trained
+        (["train.max_steps=100000"], 54_000, 1_080),  # the 10 epochs end training first
         (["eval.nll_images=all"], 54_000, 10_000),
         (["eval.nll_images=500"], 54_000, 500),
         (["eval.nll_images=50000"], 54_000, 10_000),

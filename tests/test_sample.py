@@ -117,11 +117,13 @@ BAD = [
     (["n=100000"], "n=100000 is out of range; use 1 to 4096 images"),
     (["n=2.5"], "n=2.5 is not a whole number"),
     (["n=3", "n=4"], "n is given twice (n=3 and n=4)"),
-    (["temperature=0"], "temperature=0 must be a positive, finite number"),
-    (["temperature=-1"], "temperature=-1 must be a positive, finite number"),
-    (["temperature=nan"], "temperature=nan must be a positive, finite number"),
-    (["temperature=inf"], "temperature=inf must be a positive, finite number"),
-    (["temperature=warm"], "temperature=warm must be a positive, finite number"),
+    (["temperature=0"], "temperature=0 must be a positive number up to 100"),
+    (["temperature=-1"], "temperature=-1 must be a positive number up to 100"),
+    (["temperature=nan"], "temperature=nan must be a positive number up to 100"),
+    (["temperature=inf"], "temperature=inf must be a positive number up to 100"),
+    (["temperature=warm"], "temperature=warm must be a positive number up to 100"),
+    (["temperature=1e39"], "temperature=1e39 must be a positive number up to 100"),  # past float32: NaN pixels
+    (["device=meta"], "device=meta is not a device vae-runner trains on"),
     (["seed=-1"], "seed=-1 is out of range; use an integer from 0 to 2**32 - 1 (4294967295)"),
     (["seed=4294967296"], "seed=4294967296 is out of range"),
     (["class=-1"], "class=-1 is out of range"),
@@ -158,6 +160,16 @@ def test_a_folder_without_a_checkpoint_is_refused(tmp_path: Path) -> None:
         assert code == 2 and (out + err).strip().startswith(f"error: {folder} is not a vae-run run directory with a checkpoint")
     code, out, err = vae_sample("n=3", cwd=tmp_path)  # the run directory forgotten
     assert code == 2 and "vae-sample needs the run directory first" in err
+
+
+def test_a_link_or_a_device_as_out_is_refused_and_left_as_it_was(vae_dir: Path, tmp_path: Path) -> None:
+    kept = tmp_path / "kept.png"
+    kept.write_bytes(b"keep")
+    (tmp_path / "link.png").symlink_to(kept)
+    for target in (tmp_path / "link.png", Path("/dev/null")):
+        code, out, err = vae_sample(str(vae_dir), f"out={target}", cwd=tmp_path)
+        assert code == 2 and "exists and is not a regular file" in err, out + err
+    assert (tmp_path / "link.png").is_symlink() and kept.read_bytes() == b"keep" and Path("/dev/null").is_char_device()
 
 
 def test_an_unwritable_folder_leaves_the_previous_png_intact(vae_dir: Path, tmp_path: Path) -> None:

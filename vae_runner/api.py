@@ -133,6 +133,8 @@ class LoadedRun:
             z = z.unsqueeze(0)
         if z.dim() != 2 or z.shape[1] != self.latent_dim or z.shape[0] == 0 or not z.is_floating_point():
             raise ValueError(f"this run's model decodes float latents of shape (N, {self.latent_dim}) or ({self.latent_dim},) with N >= 1, got {z.dtype} {shape}.")
+        if not bool(torch.isfinite(z).all()):  # NaN or Inf (a temperature past float32's range) would decode to NaN pixels
+            raise ValueError("latents must be finite numbers; got NaN or Inf (is the temperature too large?).")
         return z.to(self.device, torch.float32)
 
     def _labels(self, labels: Labels, n: int) -> Optional[Tensor]:
@@ -319,8 +321,11 @@ def _run_dir(args: list[str], stamp: str) -> Path:
     resume = values.get("resume")
     if isinstance(resume, str) and resume.lower() not in ("true", "false", ""):
         return Path(resume).expanduser().absolute()
-    if "hydra.run.dir" in values:
-        return Path(str(values["hydra.run.dir"])).expanduser().absolute()
+    if "hydra.run.dir" in values:  # as the command line takes it: no ~ expansion, no ${...} resolved here
+        folder = str(values["hydra.run.dir"])
+        if "${" in folder:
+            raise RunFailed(f"hydra.run.dir={folder} finished, but run() cannot tell which folder ${{...}} named; pass a literal folder.", 1)
+        return Path(os.path.abspath(folder))
     found = sorted(Path("outputs", "runs").glob(f"{stamp}_*"))
     if len(found) != 1:
         raise RunFailed(f"vae-run {' '.join(args)} finished but its run directory outputs/runs/{stamp}_* was not found under {Path.cwd()}; pass hydra.run.dir=<folder>.", 1)

@@ -103,6 +103,8 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     device = torch.device(name)
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device={name} is not a device vae-runner trains on; use auto, cpu, cuda, cuda:N or mps.")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device={name} was asked for but no CUDA GPU is available; use device=auto or device=cpu.")

@@ -25,6 +25,7 @@ from vae_runner.config import STAMP_ENV, SWEPT_ENV, config_dir, register_configs
 from vae_runner.errors import UserError
 from vae_runner.help import config_rows, help_text
 from vae_runner.lock import RunLock
+from vae_runner.progress import plus_minus, safe_streams
 from vae_runner.resume import RESUME_ENV, check_resumable, check_sweep_folder, expand_resume, quoted
 from vae_runner.run_dir import RunDir, read_metrics
 
@@ -71,7 +72,7 @@ def print_summary(metrics: dict[str, float], run_dir: Path, title: str = "vae-ru
     lines = [f"run directory: {run_dir}", f"tensorboard:   tensorboard --logdir {run_dir.parent}"]
     console.print(table)
     for line in lines:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)  # a path on one line, to copy or grep
     _append_to_log_files(table, lines)
 
 
@@ -81,7 +82,7 @@ def _shown(name: str, value: float, se: Optional[float]) -> str:
         return f"{value:.3g}"  # 10, or 0.533 when train.max_steps stopped mid-epoch
     if name.endswith(("images_per_s", "steps", "units", "_images")):
         return f"{value:,.0f}"
-    return f"{value:,.3f}" + (f" ± {se:.3f}" if se is not None else "")
+    return f"{value:,.3f}" + (f" {plus_minus()} {se:.3f}" if se is not None else "")
 
 
 def _append_to_log_files(table: Table, lines: list[str]) -> None:
@@ -124,6 +125,7 @@ def run(cfg: DictConfig) -> float:
             metrics = read_metrics(run_dir.metrics)
             log.info("%s finished earlier (val/loss %.3f); skipping it", run_dir.root, metrics.get("val/loss", math.nan))
             return metrics.get("val/loss", math.nan)
+        safe_streams()  # a launcher's worker process too
         _announce_job()
         if distributed.world_size() > 1:
             if not distributed.is_main():  # one voice on the terminal and in the log: rank 0's
@@ -156,7 +158,8 @@ def _announce_job() -> None:
     if hc.mode != RunMode.MULTIRUN:
         return
     job = f"job {hc.job.num + 1}/{os.environ.get(JOBS_ENV, '?')}"
-    set_job(job)
+    side_by_side = "n_jobs" in hc.launcher or "submitit" in str(hc.launcher.get("_target_", ""))
+    set_job(job, bars=not side_by_side)
     swept = set(filter(None, os.environ.get(SWEPT_ENV, "").split(",")))
     varied = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
     log.info("%s: %s", job, " ".join(varied or hc.overrides.task) or "the defaults")
@@ -270,12 +273,12 @@ def preflight(argv: list[str]) -> tuple[Optional[Path], bool]:
     return out, bool(args.multirun)
 
 
-def _job_count(cfg: DictConfig, swept: dict[str, list[str]]) -> int | str:
-    """How many jobs a sweep launches: the grid's size, Optuna's `n_trials`, or `?` when neither says."""
+def _job_count(cfg: DictConfig, swept: dict[str, list[str]]) -> int:
+    """How many jobs a sweep launches: Optuna's `n_trials`, else the grid's size."""
     trials = OmegaConf.select(cfg, "hydra.sweeper.n_trials", default=None)
     if trials is not None:
         return int(trials)
-    return math.prod(len(values) for values in swept.values()) if swept else "?"
+    return math.prod(len(values) for values in swept.values())  # 1 when -m sweeps nothing
 
 
 def _checked(config_name: Optional[str], fixed: list[str], swept: dict[str, str]) -> DictConfig:
@@ -329,13 +332,15 @@ def describe_config_error(err: BaseException) -> str:
 def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point."""
     argv = sys.argv[1:] if argv is None else argv
+    safe_streams()
     register_configs()
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:  # started by torchrun: one rank of a DDP run
         from vae_runner import distributed
 
         distributed.init()  # before Hydra names the run directory: the ranks agree on one
     if {"-h", "--help"} & set(argv):
-        print(help_text(_composed_for_help(argv)))
+        cfg, note = _composed_for_help(argv)
+        print(help_text(cfg) + note)
         return
     # One stamp for the folder name, so that preflight and Hydra name the same folder.
     os.environ.setdefault(STAMP_ENV, run_stamp())
@@ -366,16 +371,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         fail("interrupted; the last checkpoint in the run directory is intact.", 130)
 
 
-def _composed_for_help(argv: list[str]) -> DictConfig:
-    """The config that `vae-run ARGV` would run, for --help to show; the defaults when the overrides do not compose."""
+def _composed_for_help(argv: list[str]) -> tuple[DictConfig, str]:
+    """The config that `vae-run ARGV` would run, for --help to show; the defaults, and a line saying why, when the overrides do not compose."""
     from hydra import compose, initialize_config_dir
 
     overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.startswith(("hydra", "resume="))]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         try:
-            return compose(config_name="config", overrides=overrides)
-        except Exception:  # a bad override: --help still helps
-            return compose(config_name="config")
+            return compose(config_name="config", overrides=overrides), ""
+        except Exception as err:  # a bad override: --help still helps
+            return compose(config_name="config"), f"\n\n(the defaults are shown: {' '.join(overrides)} did not compose: {describe_config_error(err)})"
 
 
 def _with_override(argv: list[str], override: str) -> list[str]:
@@ -419,6 +424,7 @@ def eval_main(argv: Optional[list[str]] = None) -> None:
     from vae_runner.train import Interrupted, StopSignals
 
     argv = sys.argv[1:] if argv is None else argv
+    safe_streams()
     if not argv or argv[0] in ("-h", "--help"):
         print(EVAL_USAGE)
         sys.exit(0 if argv else EXIT_USER_ERROR)

@@ -23,6 +23,7 @@ import yaml
 
 from vae_runner.atomic import OutputError, atomic_write
 from vae_runner.errors import UserError
+from vae_runner.progress import plus_minus, safe_streams
 
 if TYPE_CHECKING:  # rich is imported when a table is printed
     from rich.console import Console
@@ -45,7 +46,7 @@ _IGNORED_KEYS = frozenset({"seed", "dataset.root", "dataset.path", "device", "re
 _IGNORED_PREFIXES = ("hydra.", "hydra/")
 
 # Metrics that count things: shown without decimals.
-_COUNT_SUFFIXES = ("steps", "epochs", "images_per_s", "params")
+_COUNT_SUFFIXES = ("steps", "epochs", "images_per_s", "params", "units", "_images")
 
 
 @dataclass(frozen=True)
@@ -283,9 +284,9 @@ def format_stat(name: str, stat: Stat | None) -> str:
     if stat.std is None:
         return mean
     if "e" in mean or not math.isfinite(stat.mean):
-        return f"{mean} ± {stat.std:.2g}"
+        return f"{mean} {plus_minus()} {stat.std:.2g}"
     decimals = len(mean.rpartition(".")[2]) if "." in mean else 0
-    return f"{mean} ± {format_number(name, stat.std, decimals)}"
+    return f"{mean} {plus_minus()} {format_number(name, stat.std, decimals)}"
 
 
 def format_value(value: Value) -> str:
@@ -434,6 +435,8 @@ def check_output_path(flag: str, path: Path) -> None:
     """Refuse, before any work, an output file that cannot be written: its folder is missing or read-only, or it is a folder."""
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; name a file in it, e.g. {flag} {path / _EXAMPLE_NAMES.get(flag, 'compare')}.")
+    if path.is_symlink() or (path.exists() and not path.is_file()):  # a rename would replace the link or device itself
+        raise UserError(f"{flag} {path} exists and is not a regular file (a link or a device such as /dev/stdout); name a new or regular file.")
     if not path.parent.is_dir():
         what = "is a file, not a folder" if path.parent.exists() else "does not exist"
         raise UserError(f"{flag} {path}: {path.parent} {what}; create the folder or choose another path.")
@@ -501,6 +504,9 @@ def _write_plot(plotted: PlotData, path: Path, root: Path) -> None:
 
     _write_output("--plot", path, lambda: plots.draw(plotted, path, title=f"vae-compare {root.resolve().name}"))
     Console(soft_wrap=True).print(f"rate–distortion plot: {path}", markup=False, highlight=False)
+    hidden = [p.label for p in plotted.points if not (math.isfinite(p.x) and math.isfinite(p.y))]
+    if hidden:  # matplotlib draws no NaN or Inf: say which configurations are missing
+        log.warning("not drawn in the rate–distortion plane (a non-finite %s or %s): %s", plotted.x_metric, plotted.y_metric, "; ".join(hidden))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -509,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.logging import RichHandler
     from rich.text import Text
 
+    safe_streams()
     err = Console(stderr=True)
     handler = RichHandler(console=err, show_time=False, show_path=False)
     logger = log  # this module's logger, also when run as `python -m vae_runner.compare` (__main__)

@@ -258,14 +258,23 @@ def nll_image_count(cfg: DictConfig, test_images: int, train_images: int) -> int
         return test_images
     if setting != "auto":
         return min(int(setting), test_images)
-    trained = t.max_steps * t.batch_size if t.max_steps is not None else t.epochs * train_images
+    trained = t.epochs * train_images if t.max_steps is None else min(t.epochs * train_images, t.max_steps * t.batch_size)
     return min(test_images, max(NLL_MIN_IMAGES, math.ceil(NLL_DECODE_SHARE * trained / cfg.eval.nll_samples)))
 
 
-def nll_subset(batches: Batches, n: Optional[int], seed: int) -> Tensor:
-    """(N,) bool: the `eval.nll_images` test images that get the importance-sampled NLL, balanced over classes, seeded; all when n is None."""
+def nll_subset(batches: Batches, n: Optional[int], seed: int, skip: Sequence[int] = ()) -> Tensor:
+    """(N,) bool: the `eval.nll_images` test images that get the importance-sampled NLL, balanced over classes, seeded; all when n is None.
+
+    Images of the `skip` classes (held out of training: test/nll leaves them out) are never picked.
+    """
     labels = getattr(batches, "labels", None)  # an in-memory split's; a streamed folder's subset is drawn at random
-    picked = stratified_indices(None if labels is None else labels.cpu(), batches.num_samples, n, seed)
+    if labels is None:
+        candidates, labels = torch.arange(batches.num_samples), None
+    else:
+        labels = labels.cpu()
+        candidates = (~torch.isin(labels, torch.tensor(list(skip), dtype=labels.dtype))).nonzero().squeeze(1)
+        labels = labels[candidates]
+    picked = candidates[stratified_indices(labels, len(candidates), n, seed)]
     rows = torch.zeros(batches.num_samples, dtype=torch.bool)
     rows[picked] = True
     return rows
@@ -298,7 +307,7 @@ def test_report(model: VAE, batches: Batches, tracker: Tracker, step: int, cfg: 
     `test/elbo_given_label` and `test/bits_per_dim_given_label`.
     """
     d, seed = cfg.dataset, cfg.seed
-    rows = nll_subset(batches, nll_images, seed + NLL_STREAM)
+    rows = nll_subset(batches, nll_images, seed + NLL_STREAM, skip=d.holdout_classes)
     bounds = per_image_bounds(model, batches, k=cfg.eval.nll_samples, chunk=cfg.eval.nll_chunk, seed=seed, nll_rows=rows)
     held_out = torch.zeros(len(bounds["elbo"]), dtype=torch.bool)
     if d.holdout_classes and "labels" in bounds:
@@ -381,6 +390,7 @@ def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, floa
             f"pass a folder under outputs/runs/ or outputs/sweeps/<time>/."
         )
     previous = read_metrics(run.metrics) if run.metrics.is_file() else {}  # a corrupt file is refused before the work
+    previous = {k: v for k, v in previous.items() if not k.startswith("test/")}  # recomputed here; none may linger (test/nll_se)
     overrides = [o.lstrip("+") for o in overrides]
     for override in overrides:
         key = override.split("=", 1)[0]

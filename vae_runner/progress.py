@@ -11,6 +11,7 @@ loss 110.23, 2m10s left` at that cadence, and the caller logs the phase's end.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from types import TracebackType
 from typing import Optional
@@ -24,12 +25,26 @@ PLAIN_EVERY_SECONDS = 30.0  # a plain progress line at most this often
 DRAW_EVERY_SECONDS = 0.1  # the bar is redrawn at most this often (advance() stays cheap per step)
 
 _job = ""  # "job 2/5" in a sweep, shown before each phase's description
+_bars = True  # False in the jobs of a parallel launcher: their bars would fight over one terminal
 
 
-def set_job(text: str) -> None:
-    """Name the sweep job this process runs (`job 2/5`), shown before every phase; empty for a single run."""
-    global _job
-    _job = text
+def set_job(text: str, bars: bool = True) -> None:
+    """Name the sweep job this process runs (`job 2/5`), shown before every phase; `bars=False` for jobs running side by side."""
+    global _job, _bars
+    _job, _bars = text, bars
+
+
+def plus_minus() -> str:
+    """`±` where stdout can print it, `+/-` on an ASCII terminal."""
+    return "±" if "utf" in (getattr(sys.stdout, "encoding", "") or "").lower() else "+/-"
+
+
+def safe_streams() -> None:
+    """stdout and stderr replace the characters their encoding lacks (± on an ASCII locale) instead of raising."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and "utf" not in (getattr(stream, "encoding", "") or "").lower():
+            reconfigure(errors="replace")
 
 
 def on_terminal() -> bool:
@@ -58,7 +73,7 @@ class Meter:
         self.started = self.drawn = self.said = time.monotonic()
         self.enabled = log.isEnabledFor(logging.INFO)  # the quiet ranks of a torchrun job stay quiet
         self.bar: Optional[Progress] = None
-        if self.enabled and on_terminal():
+        if self.enabled and _bars and on_terminal():
             self.bar = Progress(
                 TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(), TextColumn(unit),
                 TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[note]}"),

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # torch loads after the arguments are checked: a typo is answ
     from vae_runner.api import LoadedRun
 
 MAX_IMAGES = 4096  # a 64 x 64 grid; more is no longer a picture
+MAX_TEMPERATURE = 100.0  # z = 100 sigma is far past anything the decoder saw; much further overflows float32
 MAX_SEED = 2**32 - 1  # config.MAX_SEED, not imported: the arguments are checked before Hydra or torch load
 KEYS = ("n", "class", "temperature", "seed", "out", "device")
 
@@ -98,8 +99,10 @@ def _temperature(value: str) -> float:
         number = float(value)
     except ValueError:
         number = math.nan
-    if not (math.isfinite(number) and number > 0):
-        raise UserError(f"temperature={value} must be a positive, finite number (1.0 samples the prior itself; 0.7 draws nearer its mean).")
+    if not (math.isfinite(number) and 0 < number <= MAX_TEMPERATURE):
+        raise UserError(
+            f"temperature={value} must be a positive number up to {MAX_TEMPERATURE:g} (1.0 samples the prior itself; 0.7 draws nearer its mean)."
+        )
     return number
 
 
@@ -108,6 +111,8 @@ def check_out(out: Path) -> None:
     folder = out.absolute().parent
     if out.is_dir():
         raise UserError(f"out={out} is a folder; name a file in it, e.g. out={out / 'samples.png'}.")
+    if out.is_symlink() or (out.exists() and not out.is_file()):  # a rename would replace the link or device itself
+        raise UserError(f"out={out} exists and is not a regular file (a link or a device); name a new or regular file.")
     if out.suffix.lower() != ".png":
         raise UserError(f"out={out} must name a .png file, e.g. out={out.with_suffix('.png').name}.")
     if not folder.is_dir():
@@ -190,14 +195,27 @@ def main(argv: Optional[list[str]] = None) -> None:
     """`vae-sample` entry point."""
     from vae_runner.cli import EXIT_USER_ERROR, fail
 
+    from vae_runner.progress import safe_streams
+
     argv = sys.argv[1:] if argv is None else argv
+    safe_streams()
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if argv else EXIT_USER_ERROR)
     try:
-        print(sample(parse_args(argv)))
+        args = parse_args(argv)
+        check_paths(args)  # before torch loads: a typo is answered at once
     except UserError as err:
         fail(str(err))
+    from vae_runner.train import Interrupted, StopSignals
+
+    try:
+        with StopSignals(at_once="during vae-sample; no PNG was written (an earlier one at out= is unchanged)."):
+            print(sample(args))
+    except UserError as err:
+        fail(str(err))
+    except Interrupted as stop:  # SIGINT, SIGTERM, SIGHUP: the temporary file is gone, the exit status says which
+        fail(str(stop), stop.exit_code)
     except KeyboardInterrupt:
         fail("interrupted; no PNG was written (an earlier one at out= is unchanged).", 130)
 
