@@ -443,4 +443,8 @@ def eval_main(argv: Optional[list[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m vae_runner.cli` (torchrun, the Python API): run the importable module's main, so that
+    # launchers pickle the task by reference to vae_runner.cli rather than by value from __main__.
+    from vae_runner.cli import main as importable_main
+
+    importable_main()
