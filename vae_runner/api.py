@@ -33,6 +33,7 @@ from vae_runner.data import DatasetInfo
 from vae_runner.data.idx import FORMATS
 from vae_runner.errors import UserError
 from vae_runner.model import VAE, evaluating
+from vae_runner.priors import Prior
 from vae_runner.run_dir import RunDir, read_metrics
 
 Labels = Union[int, Sequence[int], Tensor, None]
@@ -68,6 +69,12 @@ class LoadedRun:
         return self.model.num_classes
 
     @property
+    def prior(self) -> Prior:
+        """p(z), with `log_prob(z)` and `sample(n)`."""
+        with evaluating(self.model):
+            return self.model.prior_distribution()
+
+    @property
     def latent_dim(self) -> int:
         """The size of z."""
         return self.model.latent_dim
@@ -99,11 +106,11 @@ class LoadedRun:
         return self._chunked(lambda start: self.model.sample(z[start : start + CHUNK], _rows(y, start)), z.shape[0])
 
     def sample(self, n: int, labels: Labels = None, temperature: float = 1.0, seed: Optional[int] = None) -> Tensor:
-        """n images decoded from z ~ N(0, temperature² I): (n, C, H, W) in [0, 1]; a CVAE needs `labels` (one class for all, or n)."""
+        """n images decoded from z drawn from the prior (see `draw_latents`): (n, C, H, W) in [0, 1]; a CVAE needs `labels` (one class for all, or n)."""
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"n={n!r} must be a whole number of images >= 1.")
         self._labels(labels, n)  # refused before any work
-        return self.decode(draw_latents(n, self.latent_dim, temperature, seed), labels)
+        return self.decode(draw_latents(n, self.prior, temperature, seed), labels)
 
     def _chunked(self, images: Callable[[int], Tensor], n: int) -> Tensor:
         """`images(start)` for each chunk of CHUNK rows, in eval mode without gradients, joined on the CPU."""
@@ -164,14 +171,18 @@ def _rows(y: Optional[Tensor], start: int) -> Optional[Tensor]:
     return None if y is None else y[start : start + CHUNK]
 
 
-def draw_latents(n: int, latent_dim: int, temperature: float = 1.0, seed: Optional[int] = None) -> Tensor:
-    """z ~ N(0, temperature² I), (n, latent_dim) on the CPU: `temperature * torch.randn` from a generator seeded with `seed` (torch's global one when None)."""
+def draw_latents(n: int, prior: Prior, temperature: float = 1.0, seed: Optional[int] = None) -> Tensor:
+    """n draws of z from the model's prior (`model.prior_distribution()`), (n, latent_dim) on the CPU, with a generator seeded with `seed` (torch's global one when None).
+
+    `temperature` scales the standard deviation: N(0, temperature² I) for the normal prior, each component's for a mixture.
+    """
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature={temperature!r} must be a positive, finite number (1.0 samples the prior itself).")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED):
         raise ValueError(f"seed={seed!r} is out of range; use an integer from 0 to 2**32 - 1 ({MAX_SEED}), or None.")
     generator = None if seed is None else torch.Generator().manual_seed(int(seed))
-    return float(temperature) * torch.randn(int(n), latent_dim, generator=generator)
+    with torch.no_grad():
+        return prior.sample(int(n), generator, float(temperature), device=torch.device("cpu"))
 
 
 def load_run(path: Union[str, os.PathLike], device: Union[str, torch.device] = "auto") -> LoadedRun:
@@ -214,10 +225,11 @@ def dataset_info(cfg: DictConfig, state: dict[str, Tensor], path: Path) -> Datas
     """
     d, m = cfg.dataset, cfg.model
     side = d.image_size or NATIVE_SIZE.get(d.name, 0)
-    conv, mlp, decoder_in = state.get("encoder.0.0.weight"), state.get("encoder.1.0.weight"), state.get("decoder_in.0.weight")
-    if decoder_in is None or not side or (conv is None and mlp is None):
+    first = next((v for k, v in state.items() if k.startswith("encoder.") and k.endswith(".weight")), None)  # (C_out, C, 4, 4) or (W, C * side²)
+    decoder_in = state.get("decoder.0.weight")
+    if decoder_in is None or not side or first is None:
         raise UserError(f"{path} does not hold a vae-run model for dataset={d.name} (no encoder or decoder weights); delete it to start over.")
-    channels = conv.shape[1] if conv is not None and conv.dim() == 4 else mlp.shape[1] // side**2
+    channels = first.shape[1] if first.dim() == 4 else first.shape[1] // side**2
     names = list(FORMATS[d.name][3]) if d.name in FORMATS else []
     num_classes = decoder_in.shape[1] - m.latent_dim if m.conditional else len(names)
     return DatasetInfo(d.name, channels, side, num_classes, names)

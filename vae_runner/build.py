@@ -10,9 +10,9 @@ import importlib
 import inspect
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -31,6 +31,7 @@ from vae_runner.data import (
 )
 from vae_runner.errors import UserError
 from vae_runner.model import VAE
+from vae_runner.objective import Objective, Weights, capacity_at, kl_weight
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Built:
     precision: str
     data: LoadedData
     model: VAE
+    objective: Objective
     train: Batches
     val: Batches
     test: Batches
@@ -74,12 +76,13 @@ def build(cfg: DictConfig, device: Optional[torch.device] = None) -> Built:
             f"train.batch_size={cfg.train.batch_size} is larger than the training set "
             f"({len(data.train)} images); use a smaller batch size."
         )
-    model = build_model(cfg.model, data.info).to(device)
+    model = build_model(cfg.model, data.info, pixel_stats(data.train)).to(device)
     _check_evaluation_fits(cfg, data.info, model)
     d = cfg.dataset
+    objective = make_objective(cfg.model, len(data.train))
     make = partial(make_batches, batch_size=cfg.train.batch_size, device=device, seed=cfg.seed, num_workers=d.num_workers)
     return Built(
-        device, precision, data, model,
+        device, precision, data, model, objective,
         train=make(data.train, shuffle=True, binarize=d.binarize == "dynamic"),
         val=make(data.val, shuffle=False), test=make(data.test, shuffle=False),
     )
@@ -166,9 +169,51 @@ def load_data(cfg: DictConfig) -> LoadedData:
     return data
 
 
-def build_model(model_cfg: DictConfig, info: DatasetInfo) -> VAE:
-    """The VAE for these images: `arch=auto` is conv for colour images and mlp for greyscale."""
-    arch = model_cfg.arch if model_cfg.arch != "auto" else ("conv" if info.channels > 1 else "mlp")
+def resolved_choices(model_cfg: DictConfig, channels: int) -> tuple[str, str]:
+    """`model.arch` and `model.likelihood`, with `auto` settled for images with this many channels.
+
+    auto: conv and the discretized logistic (exact 8-bit probabilities, bits/dim as papers report them)
+    for colour images; mlp and the Bernoulli (the MNIST tradition) for greyscale.
+    """
+    colour = channels > 1
+    arch = model_cfg.arch if model_cfg.arch != "auto" else ("conv" if colour else "mlp")
+    likelihood = model_cfg.likelihood if model_cfg.likelihood != "auto" else ("discretized_logistic" if colour else "bernoulli")
+    return arch, likelihood
+
+
+def pixel_stats(split: Any, images: int = 10_000) -> tuple[float, float]:
+    """Mean and standard deviation of the pixels in [0, 1] of (at most `images` of) an in-memory split; (0.5, 0.25) for a streamed folder."""
+    if not isinstance(split, Split) or not len(split):
+        return 0.5, 0.25
+    x = split.images[:images].float().div(255)
+    return x.mean().item(), x.std().item() if x.numel() > 1 else 0.25
+
+
+def make_objective(model_cfg: DictConfig, train_images: int) -> Objective:
+    """The run's objective and its fixed settings (the weights change by step: `weights_schedule`)."""
+    m = model_cfg
+    return Objective(m.objective, m.iwae_samples if m.objective == "iwae" else 1, m.free_bits, train_images)
+
+
+def weights_schedule(cfg: DictConfig, steps_per_epoch: int) -> Callable[[int], Weights]:
+    """The objective's weights as a function of the step: beta's warm-up or cycles, and capacity's C(t), over the whole run."""
+    m, t = cfg.model, cfg.train
+    total = t.max_steps or t.epochs * steps_per_epoch
+    beta = partial(
+        kl_weight, beta=m.beta, warmup_steps=m.kl_warmup_steps, schedule=m.kl_schedule, total_steps=total, cycles=m.kl_cycles, ratio=m.kl_cycle_ratio
+    )
+    capacity = partial(capacity_at, capacity_max=m.capacity_max, capacity_steps=m.capacity_steps or total)
+    return lambda step: Weights(beta(step), m.alpha, m.gamma, capacity(step))
+
+
+def validation_weights(cfg: DictConfig, steps_per_epoch: int, step: int) -> Weights:
+    """The weights validation reports with: the run's target beta (not its warm-up's value) and capacity's C at this step."""
+    return replace(weights_schedule(cfg, steps_per_epoch)(step), beta=cfg.model.beta)
+
+
+def build_model(model_cfg: DictConfig, info: DatasetInfo, stats: tuple[float, float] = (0.5, 0.25)) -> VAE:
+    """The VAE for these images (`auto` settled by `resolved_choices`); `stats` (pixel mean, std) start a learned likelihood scale."""
+    arch, likelihood = resolved_choices(model_cfg, info.channels)
     if model_cfg.conditional and info.num_classes == 0:
         raise UserError(
             f"model={model_cfg.name} is conditional but dataset={info.name} has no labels; "
@@ -177,7 +222,9 @@ def build_model(model_cfg: DictConfig, info: DatasetInfo) -> VAE:
     make = partial(
         VAE, in_channels=info.channels, image_size=info.image_size, latent_dim=model_cfg.latent_dim, arch=arch,
         hidden_dims=list(model_cfg.hidden_dims), conv_channels=list(model_cfg.conv_channels),
-        num_classes=info.num_classes if model_cfg.conditional else 0, likelihood=model_cfg.likelihood,
+        num_classes=info.num_classes if model_cfg.conditional else 0, likelihood=likelihood,
+        posterior=model_cfg.posterior, flow_steps=model_cfg.flow_steps, flow_hidden=model_cfg.flow_hidden,
+        prior=model_cfg.prior, prior_components=model_cfg.prior_components, data_mean=stats[0], data_std=stats[1],
     )
     _check_model_fits(make, info)
     return make()
@@ -204,7 +251,8 @@ def _check_evaluation_fits(cfg: DictConfig, info: DatasetInfo, model: VAE) -> No
     else:  # each transposed convolution's output: channels x (side / 2^depth)^2
         widths = sum(c * (info.image_size // 2 ** (i + 1)) ** 2 for i, c in enumerate(cfg.model.conv_channels))
     # Per decoded image, in fp32: the repeated input, the decoder's output and the per-pixel loss, plus the hidden layers.
-    needed, free = images * 4 * (3 * info.channels * info.image_size**2 + 2 * widths), available_memory()
+    outputs = 2 + model.likelihood.params_per_channel
+    needed, free = images * 4 * (outputs * info.channels * info.image_size**2 + 2 * widths), available_memory()
     if needed > free:
         raise UserError(
             f"eval.nll_chunk={cfg.eval.nll_chunk} decodes {images:,} images at once (x train.batch_size={cfg.train.batch_size}), "

@@ -18,9 +18,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from vae_runner.errors import UserError
+from vae_runner.likelihoods import LIKELIHOODS as LIKELIHOOD_NAMES
+from vae_runner.nets import ARCHS as NETS
+from vae_runner.objective import OBJECTIVES
+from vae_runner.posteriors import POSTERIORS
+from vae_runner.priors import PRIORS
 
-ARCHS = ("auto", "mlp", "conv")
-LIKELIHOODS = ("bernoulli", "gaussian")
+ARCHS = ("auto", *NETS)
+LIKELIHOODS = ("auto", *LIKELIHOOD_NAMES)
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KL_SCHEDULES = ("linear", "cyclical")
@@ -31,16 +36,28 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 @dataclass
 class ModelConfig:
-    """Maps one-to-one onto `vae_runner.model.VAE` plus the objective's weights."""
+    """Maps one-to-one onto `vae_runner.model.VAE` plus the objective and its weights."""
 
     name: str = "vae"
-    arch: str = "auto"  # auto: conv for colour images, mlp for greyscale
+    arch: str = "auto"  # mlp, conv or resnet; auto: conv for colour images, mlp for greyscale
     latent_dim: int = 20
     hidden_dims: list[int] = field(default_factory=lambda: [512])
     conv_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     conditional: bool = False  # CVAE: condition encoder and decoder on the one-hot label
-    likelihood: str = "bernoulli"
-    beta: float = 1.0
+    # bernoulli, continuous_bernoulli, gaussian or discretized_logistic; auto: bernoulli for greyscale, discretized_logistic for colour
+    likelihood: str = "auto"
+    posterior: str = "gaussian"  # gaussian, planar or iaf (flow_steps steps of the flow)
+    flow_steps: int = 4
+    flow_hidden: int = 256  # iaf: width of each step's MADE hidden layers
+    prior: str = "normal"  # normal, vamp (prior_components pseudo-inputs) or mog (prior_components Gaussians)
+    prior_components: int = 500
+    objective: str = "elbo"  # elbo, iwae, beta_tc or capacity
+    iwae_samples: int = 5  # iwae: the k samples per image of the bound
+    beta: float = 1.0  # elbo: the KL's weight; beta_tc: the total correlation's
+    alpha: float = 1.0  # beta_tc: the index-code mutual information's weight
+    gamma: float = 1.0  # beta_tc: the dimension-wise KL's weight; capacity: the weight of |KL - C|
+    capacity_max: float = 25.0  # capacity: C's final value, nats
+    capacity_steps: Optional[int] = None  # capacity: steps for C to rise from 0 to capacity_max; null: the whole run
     kl_warmup_steps: int = 0  # linear ramp of the KL weight from 0 to beta
     kl_schedule: str = "linear"  # linear (warm-up, then beta) or cyclical (Fu et al. 2019)
     kl_cycles: int = 4  # cyclical: number of cycles over the whole run
@@ -205,9 +222,18 @@ def validate(cfg: DictConfig) -> None:
 def _check_model(m: DictConfig) -> None:
     _choice("model.arch", m.arch, ARCHS)
     _choice("model.likelihood", m.likelihood, LIKELIHOODS)
+    _choice("model.posterior", m.posterior, POSTERIORS)
+    _choice("model.prior", m.prior, PRIORS)
+    _choice("model.objective", m.objective, OBJECTIVES)
     _choice("model.kl_schedule", m.kl_schedule, KL_SCHEDULES)
-    _positive("model.latent_dim", m.latent_dim)
-    _positive("model.kl_cycles", m.kl_cycles)
+    for key in ("latent_dim", "kl_cycles", "flow_steps", "flow_hidden", "prior_components", "iwae_samples"):
+        _positive(f"model.{key}", m[key])
+    for key in ("alpha", "gamma", "capacity_max"):
+        if not (math.isfinite(m[key]) and m[key] >= 0):
+            raise UserError(f"model.{key}={m[key]} must be a finite number >= 0.")
+    if m.capacity_steps is not None:
+        _positive("model.capacity_steps", m.capacity_steps)
+    _check_combination(m)
     for key in ("hidden_dims", "conv_channels"):
         if not m[key]:
             raise UserError(f"model.{key}=[] is empty; list at least one layer width, e.g. model.{key}=[{','.join(map(str, getattr(ModelConfig(), key)))}].")
@@ -223,6 +249,29 @@ def _check_model(m: DictConfig) -> None:
         raise UserError(f"model.beta={m.beta} is negative; use a KL weight >= 0 (1 is the plain VAE).")
     if m.kl_warmup_steps < 0:
         raise UserError(f"model.kl_warmup_steps={m.kl_warmup_steps} is negative; use 0 for no warm-up.")
+
+
+def _check_combination(m: DictConfig) -> None:
+    """Refuse choices that do not go together, naming the keys."""
+    analytic = m.posterior == "gaussian" and m.prior == "normal"
+    if m.free_bits > 0 and not (analytic and m.objective == "elbo"):
+        raise UserError(
+            f"model.free_bits={m.free_bits} floors each latent dimension's closed-form KL, which needs model.objective=elbo, "
+            f"model.posterior=gaussian and model.prior=normal (here {m.objective}, {m.posterior}, {m.prior}); set model.free_bits=0."
+        )
+    if m.objective == "beta_tc" and not analytic:
+        raise UserError(
+            f"model.objective=beta_tc estimates q(z) from the Gaussian posteriors of the batch and splits the KL per dimension of a "
+            f"factorised prior, so it needs model.posterior=gaussian and model.prior=normal (here {m.posterior}, {m.prior})."
+        )
+    scheduled = m.kl_warmup_steps > 0 or m.kl_schedule == "cyclical"
+    if scheduled and m.objective not in ("elbo", "beta_tc"):
+        raise UserError(
+            f"model.kl_warmup_steps and model.kl_schedule=cyclical schedule beta, which model.objective={m.objective} does not use; "
+            f"drop them, or use model.objective=elbo."
+        )
+    if m.objective in ("iwae", "capacity") and m.beta != 1:
+        raise UserError(f"model.beta={m.beta} is not used by model.objective={m.objective}; leave it at 1 (capacity is weighted by model.gamma).")
 
 
 def _check_dataset(d: DictConfig) -> None:

@@ -19,15 +19,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vae_runner.atomic import write_json
-from vae_runner.build import Batches, Built, build
+from vae_runner.build import Batches, Built, build, validation_weights
 from vae_runner.checkpoint import load_checkpoint, load_model_state, seeded_rng
 from vae_runner.config import Config, validate
 from vae_runner.data import Split, corrupt, stratified_indices, stratified_subset, to_unit_float
 from vae_runner.errors import UserError
 from vae_runner.lock import RunLock
 from vae_runner.metrics import active_units, auroc, importance_log_likelihood, kl_per_dim, psnr, summarise_bounds
-from vae_runner.model import VAE, evaluating
-from vae_runner.objective import elbo_terms, gaussian_kl, recon_nll
+from vae_runner.model import VAE, VAEOutput, evaluating
+from vae_runner.objective import Objective, Weights, kl_per_image, objective_terms, sample_log_likelihood
 from vae_runner.pictures import (
     anomaly_figure, class_samples_figure, denoising_figure, interpolation, manifold_figure, render, scatter_figure, traversal_figure,
 )
@@ -58,8 +58,10 @@ def _labels(model: VAE, y: Optional[Tensor]) -> Optional[Tensor]:
 # ------------------------------------------------------------------ validation, every epoch
 
 
-def validation_terms(model: VAE, batches: Batches, *, beta: float, amp_dtype: Optional[torch.dtype] = None, seed: int = 0) -> dict[str, float]:
-    """Mean of each objective term over a whole split, in nats per image, with the run's target beta.
+def validation_terms(
+    model: VAE, batches: Batches, *, objective: Objective = Objective(), weights: Weights = Weights(), amp_dtype: Optional[torch.dtype] = None, seed: int = 0
+) -> dict[str, float]:
+    """Mean of each objective term over a whole split, in nats per image, with the given weights (the run's target beta).
 
     The posterior samples come from their own seeded generator, so every
     evaluation sees the same noise and training's random stream is untouched.
@@ -69,27 +71,47 @@ def validation_terms(model: VAE, batches: Batches, *, beta: float, amp_dtype: Op
     n = 0
     with evaluating(model), torch.autocast(batches.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         for x, y in batches.epoch(0):
-            eps = torch.randn(x.shape[0], model.latent_dim, generator=g, device=x.device)
+            eps = torch.randn(objective.samples, x.shape[0], model.latent_dim, generator=g, device=x.device)
             out = model(x, _labels(model, y), eps=eps)
-            for name, value in elbo_terms(x, out, beta=beta, likelihood=model.likelihood).items():
+            for name, value in objective_terms(x, out, model.likelihood, objective, weights).items():
                 sums[name] = sums.get(name, 0.0) + value.detach() * x.shape[0]
             n += x.shape[0]
     return {name: (total / n).item() for name, total in sums.items()}
 
 
-def collect_posteriors(model: VAE, batches: Batches) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Posterior means and log-variances of q(z|x) over one pass, each (N, D) on the CPU, with labels (N,) or None."""
-    mus, logvars, labels = [], [], []
+@dataclass
+class Posteriors:
+    """q(z|x) over a split, on the CPU: its mean E_q[z|x], its Gaussian stage, and the labels."""
+
+    mean: Tensor  # (N, D): mu, or for a flow the average of FLOW_MEAN_DRAWS seeded draws
+    mu: Tensor  # (N, D)
+    logvar: Tensor  # (N, D)
+    labels: Optional[Tensor]  # (N,) or None
+
+
+FLOW_MEAN_DRAWS = 32
+
+
+def collect_posteriors(model: VAE, batches: Batches, seed: int = 0) -> Posteriors:
+    """The posteriors of every image of the split, in one pass (a flow's mean from seeded draws)."""
+    g = _generator(batches.device, seed)
+    out: dict[str, list[Tensor]] = {"mean": [], "mu": [], "logvar": [], "labels": []}
     with evaluating(model):
         for x, y in batches.epoch(0):
-            mu, logvar = model.encode(x, _labels(model, y))
-            mus.append(mu.float().cpu())
-            logvars.append(logvar.float().cpu())
+            h = model.features(x, _labels(model, y))
+            mu, logvar = model.posterior.gaussian(h)
+            mean = mu
+            if len(model.posterior.flow):
+                eps = torch.randn(FLOW_MEAN_DRAWS, x.shape[0], model.latent_dim, generator=g, device=x.device)
+                mean = model.posterior(h, eps)[0].mean(dim=0)
+            for name, value in (("mean", mean), ("mu", mu), ("logvar", logvar)):
+                out[name].append(value.float().cpu())
             if y is not None:
-                labels.append(y.cpu())
-    if not mus:
+                out["labels"].append(y.cpu())
+    if not out["mu"]:
         raise ValueError("collect_posteriors got an empty split: the batches yielded no images")
-    return torch.cat(mus), torch.cat(logvars), torch.cat(labels) if labels else None
+    labels = torch.cat(out["labels"]) if out["labels"] else None
+    return Posteriors(torch.cat(out["mean"]), torch.cat(out["mu"]), torch.cat(out["logvar"]), labels)
 
 
 @dataclass
@@ -127,18 +149,17 @@ def fixed_examples(split: Split | Dataset, batches: Batches, noise: str, level: 
 
 
 def reconstruct(model: VAE, x: Tensor, y: Optional[Tensor]) -> Tensor:
-    """Decode the posterior mean: the model's reconstruction of x, in [0, 1]."""
+    """Decode the latent code (`model.code`: the posterior mean): the model's reconstruction of x, in [0, 1]."""
     with evaluating(model):
-        mu, _ = model.encode(x, y)
-        return model.sample(mu, y)
+        return model.sample(model.code(x, y), y)
 
 
 def sample_pictures(tracker: Tracker, model: VAE, examples: Examples, step: int, seed: int, class_names: Sequence[str] = ()) -> None:
     """Fixed validation images over their reconstructions, and samples from the prior at fixed z (a CVAE: one row per class, named)."""
     device = next(model.parameters()).device
     tracker.image("val/reconstructions", reconstruction_grid(examples.x, reconstruct(model, examples.x, examples.labels(model))), step)
-    z, y = prior_latents(model.latent_dim, model.num_classes, seed=seed)
     with evaluating(model):
+        z, y = prior_latents(model.prior_distribution(), model.num_classes, seed=seed)
         samples = model.sample(z.to(device), None if y is None else y.to(device))
     grid = samples_grid(samples)
     if model.num_classes:
@@ -149,27 +170,36 @@ def sample_pictures(tracker: Tracker, model: VAE, examples: Examples, step: int,
 def posterior_report(
     model: VAE, batches: Batches, tracker: Tracker, step: int, examples: Examples, pictures: bool, class_names: Sequence[str] = ()
 ) -> dict[str, float]:
-    """Per epoch: KL of each latent dimension, active units, posterior histograms and, if `pictures`, the latent space drawn."""
-    mu, logvar, labels = collect_posteriors(model, batches)  # (N, D) each, on the CPU
-    kl_d = kl_per_dim(mu, logvar)
-    n_active, _ = active_units(mu)
-    width = max(2, len(str(model.latent_dim - 1)))
-    tracker.scalars("val_kl_per_dim", {f"{d:0{width}d}": v for d, v in enumerate(kl_d.tolist())}, step)
+    """Per epoch: active units, posterior histograms, the KL of each latent dimension and, if `pictures`, the latent space drawn.
+
+    Per-dimension KLs exist for a Gaussian posterior under the standard-normal
+    prior alone (a flow mixes dimensions, a mixture prior does not factorise): other
+    models log no `val_kl_per_dim/` and rank the traversal's dimensions by activity.
+    """
+    post = collect_posteriors(model, batches)  # (N, D) each, on the CPU
+    n_active, activity = active_units(post.mean)
     tracker.scalars("val", {"active_units": n_active}, step)
-    tracker.histogram("val_kl_per_dim/all", kl_d, step)
-    tracker.histogram("val/posterior_mean", mu, step)
-    tracker.histogram("val/posterior_std", torch.exp(0.5 * logvar), step)
+    tracker.histogram("val/posterior_mean", post.mean, step)
+    ranking, score = activity, "var"
+    if model.analytic_kl:
+        ranking, score = kl_per_dim(post.mu, post.logvar), "KL"
+        width = max(2, len(str(model.latent_dim - 1)))
+        tracker.scalars("val_kl_per_dim", {f"{d:0{width}d}": v for d, v in enumerate(ranking.tolist())}, step)
+        tracker.histogram("val_kl_per_dim/all", ranking, step)
+        tracker.histogram("val/posterior_std", torch.exp(0.5 * post.logvar), step)
     if pictures:
-        latent_pictures(tracker, model, examples, kl_d, mu, labels, step, class_names)
+        latent_pictures(tracker, model, examples, (ranking, score), post.mean, post.labels, step, class_names)
     return {"active_units": float(n_active)}
 
 
 def latent_pictures(
-    tracker: Tracker, model: VAE, examples: Examples, kl_d: Tensor, mu: Tensor, labels: Optional[Tensor], step: int, class_names: Sequence[str] = ()
+    tracker: Tracker, model: VAE, examples: Examples, ranking: tuple[Tensor, str], mu: Tensor, labels: Optional[Tensor], step: int,
+    class_names: Sequence[str] = (),
 ) -> None:
-    """Traversal, interpolation (pairs of the fixed examples; none with a single example), scatter, manifold and denoising."""
+    """Traversal (dimensions ranked by a (D,) score and its name), interpolation (pairs of the fixed examples; none with a single example), scatter, manifold and denoising."""
     y = examples.labels(model)
-    tracker.image("latent/traversal", render(traversal_figure(model, examples.x[:1], None if y is None else y[:1], kl_d)), step)
+    traversal = traversal_figure(model, examples.x[:1], None if y is None else y[:1], ranking[0], score=ranking[1])
+    tracker.image("latent/traversal", render(traversal), step)
     half = examples.x.shape[0] // 2
     if half:
         pair_y = (None, None) if y is None else (y[:half], y[half : 2 * half])
@@ -184,24 +214,24 @@ def latent_pictures(
 # ------------------------------------------------------------------ the final test report
 
 
-def _decoder_log_likelihood(model: VAE, x: Tensor, y: Optional[Tensor]) -> Callable[[Tensor], Tensor]:
-    """log p(x|z) as a function of z (S, B, D) -> (S, B) for this model and these images."""
+def _log_weights(model: VAE, x: Tensor, y: Optional[Tensor]) -> Callable[[Tensor], Tensor]:
+    """log p(x|z) + log p(z) - log q(z|x) as a function of the posterior's noise eps (S, B, D) -> (S, B), for these images.
 
-    def log_px_given_z(z: Tensor) -> Tensor:
-        s, b, d = z.shape
-        x_rep = x.expand(s, *x.shape).reshape(s * b, *x.shape[1:])  # (S*B, C, H, W)
-        y_rep = None if y is None else y.expand(s, b).reshape(s * b)
-        x_params = model.decode(z.reshape(s * b, d), y_rep)
-        return -recon_nll(x_rep, x_params, model.likelihood, model.log_scale).view(s, b)
+    The encoder and the prior (a VampPrior encodes its pseudo-inputs) run once, not once per chunk of samples.
+    """
+    h, prior = model.features(x, y), model.prior_distribution()
 
-    return log_px_given_z
+    def log_w(eps: Tensor) -> Tensor:
+        out = model.draw(h, y, eps, prior)
+        return sample_log_likelihood(model.likelihood, x, out) + out.log_p - out.log_q
+
+    return log_w
 
 
 def _elbo(model: VAE, x: Tensor, y: Optional[Tensor], eps: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-image reconstruction term (one z = mu + sigma * eps) and analytic KL, each (B,)."""
-    mu, logvar = model.encode(x, y)
-    z = mu.float() + torch.exp(0.5 * logvar.float()) * eps
-    return recon_nll(x, model.decode(z, y), model.likelihood, model.log_scale), gaussian_kl(mu, logvar)
+    """Per-image reconstruction term (one z drawn with the noise eps (B, D)) and KL (closed form, or from that z), each (B,)."""
+    out: VAEOutput = model(x, y, eps=eps)
+    return -sample_log_likelihood(model.likelihood, x, out)[0], kl_per_image(out)
 
 
 def per_image_bounds(
@@ -209,8 +239,8 @@ def per_image_bounds(
 ) -> dict[str, Tensor]:
     """Per-image `log_px` (IWAE, K samples), `elbo`, `recon`, `kl` in nats and `labels` over one pass, each (N,) on the CPU.
 
-    `elbo` = -(recon + kl) with the KL in closed form and the reconstruction term from one
-    z ~ q(z|x) (the SGVB estimator B of Kingma & Welling 2013, Sec. 2.3), i.e. the same
+    `elbo` = -(recon + kl) with the KL in closed form where it exists (else from the same z) and the
+    reconstruction term from one z ~ q(z|x) (the SGVB estimator B of Kingma & Welling 2013, Sec. 2.3), i.e. the same
     quantity training logs as `val/elbo`. The IWAE samples and the ELBO's sample come
     from two generators seeded apart, so K changes `log_px` alone. `nll_rows` (N,) bool
     picks the images that get the costly `log_px` (NaN for the others; all by default);
@@ -226,15 +256,12 @@ def per_image_bounds(
     with evaluating(model), meter:
         for x, y in batches.epoch(0):
             yc = _labels(model, y)
-            mu, logvar = model.encode(x, yc)
             picked = nll_rows[meter.done : meter.done + x.shape[0]].to(x.device)
             log_px = torch.full((x.shape[0],), math.nan, device=x.device)
             if picked.any():
-                y_picked = None if yc is None else yc[picked]
-                log_px[picked] = importance_log_likelihood(
-                    mu[picked], logvar[picked], _decoder_log_likelihood(model, x[picked], y_picked), k, chunk, g_nll
-                )
-            recon, kl = _elbo(model, x, yc, torch.randn(mu.shape, generator=g_elbo, device=mu.device))
+                log_w = _log_weights(model, x[picked], None if yc is None else yc[picked])
+                log_px[picked] = importance_log_likelihood(log_w, (int(picked.sum()), model.latent_dim), k, chunk, g_nll, x.device)
+            recon, kl = _elbo(model, x, yc, torch.randn(x.shape[0], model.latent_dim, generator=g_elbo, device=x.device))
             for name, value in (("log_px", log_px), ("elbo", -(recon + kl)), ("recon", recon), ("kl", kl)):
                 out[name].append(value.float().cpu())
             if y is not None:
@@ -313,7 +340,7 @@ def test_report(model: VAE, batches: Batches, tracker: Tracker, step: int, cfg: 
     if d.holdout_classes and "labels" in bounds:
         held_out = torch.isin(bounds["labels"], torch.tensor(list(d.holdout_classes)))
     num_dims = model.in_channels * model.image_size**2
-    summary = summarise_bounds(bounds, num_dims, continuous=model.likelihood == "gaussian", mask=~held_out)
+    summary = summarise_bounds(bounds, num_dims, continuous=not model.likelihood.discrete, mask=~held_out)
     if model.num_classes:
         summary = {GIVEN_LABEL.get(k, k): v for k, v in summary.items()}
     metrics = {f"test/{name}": value for name, value in summary.items()}
@@ -360,7 +387,8 @@ def final_report(built: Built, cfg: DictConfig, tracker: Tracker, step: int, val
     start = time.perf_counter()
     model = built.model
     if val is None:
-        val = validation_terms(model, built.val, beta=cfg.model.beta, amp_dtype=built.amp_dtype, seed=cfg.seed)
+        weights = validation_weights(cfg, built.steps_per_epoch, step)
+        val = validation_terms(model, built.val, objective=built.objective, weights=weights, amp_dtype=built.amp_dtype, seed=cfg.seed)
         examples = fixed_examples(built.data.val, built.val, cfg.dataset.noise, cfg.dataset.noise_level, cfg.seed)
         val.update(posterior_report(model, built.val, tracker, step, examples, pictures=False))
     metrics = {f"val/{k}": v for k, v in val.items()}

@@ -14,43 +14,34 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from vae_runner.objective import LOG_2PI, gaussian_kl_per_dim
+from vae_runner.gaussian import kl_to_standard_normal
 
 LN2 = math.log(2.0)
 
 
 def importance_log_likelihood(
-    mu: Tensor,
-    logvar: Tensor,
-    log_px_given_z: Callable[[Tensor], Tensor],
+    log_weights: Callable[[Tensor], Tensor],
+    shape: tuple[int, int],
     k: int,
     chunk: int = 64,
     generator: Optional[torch.Generator] = None,
+    device: Optional[torch.device] = None,
 ) -> Tensor:
-    """IWAE estimate of log p(x) per sample, (B,), with K draws from the diagonal Gaussian q(z|x) = N(mu, exp(logvar)).
+    """IWAE estimate of log p(x) for each of B images, (B,): log (1/K) sum_k w_k with w = p(x, z_k) / q(z_k|x), z_k ~ q(z|x).
 
-    log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x) (the IWAE bound of Burda et al. 2015),
-    with the standard-normal prior p(z) = N(0, I). K = 1 is a single-sample ELBO; the
-    estimate is a lower bound in expectation that tightens monotonically in K.
-
-    `log_px_given_z` maps z of shape (S, B, D) (S samples for each of the B inputs) to
-    log p(x|z) of shape (S, B). The K samples are drawn `chunk` at a time and merged with
-    a running logsumexp, so memory grows with `chunk`, not with K (K = 5000 is fine).
+    The bound of Burda et al. 2015: K = 1 is a single-sample ELBO, and the estimate is
+    a lower bound in expectation that tightens monotonically in K. `log_weights` maps
+    the posterior's noise eps (S, B, D), with `shape` = (B, D), to log w (S, B): the model
+    turns eps into z (through its flow, if any) and scores it with its own log q(z|x),
+    log p(z) and log p(x|z). The K samples are drawn `chunk` at a time and merged with a
+    running logsumexp, so memory grows with `chunk`, not with K (K = 5000 is fine).
     """
     if k < 1 or chunk < 1:
         raise ValueError(f"k and chunk must be >= 1, got k={k}, chunk={chunk}")
-    mu, logvar = mu.float(), logvar.float()
-    std = torch.exp(0.5 * logvar)
-    acc = torch.full(mu.shape[:1], -math.inf, device=mu.device)  # (B,) log sum_k w_k so far
+    acc = torch.full(shape[:1], -math.inf, device=device)  # (B,) log sum_k w_k so far
     for start in range(0, k, chunk):
-        s = min(chunk, k - start)
-        eps = torch.randn((s, *mu.shape), generator=generator, device=mu.device)  # (S, B, D)
-        z = mu + std * eps
-        # log q from eps rather than from (z - mu) / std: exact even when std is tiny.
-        log_q = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(dim=-1)  # (S, B)
-        log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(dim=-1)  # (S, B)
-        log_w = log_px_given_z(z).float() + log_prior - log_q  # (S, B)
-        acc = torch.logaddexp(acc, torch.logsumexp(log_w, dim=0))
+        eps = torch.randn((min(chunk, k - start), *shape), generator=generator, device=device)  # (S, B, D)
+        acc = torch.logaddexp(acc, torch.logsumexp(log_weights(eps).float(), dim=0))
     return acc - math.log(k)
 
 
@@ -106,8 +97,8 @@ def bits_per_dim(nll_nats: Union[float, Tensor], num_dims: int, continuous: bool
 
 
 def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(q(z_d|x) || N(0, 1)) per latent dimension averaged over the data, (D,); sums to the mean of `gaussian_kl`."""
-    return gaussian_kl_per_dim(mu, logvar).mean(dim=0)
+    """KL(q(z_d|x) || N(0, 1)) per latent dimension averaged over the data, (D,): the closed-form KL's share of each dimension."""
+    return kl_to_standard_normal(mu, logvar).mean(dim=0)
 
 
 def active_units(mu: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:

@@ -1,4 +1,4 @@
-"""The (beta-weighted) negative ELBO as a pure function of the data and the model's output.
+"""The objectives, `model.objective`, as pure functions of the data and the model's output: elbo, iwae, beta_tc, capacity.
 
 All terms are in nats per image: summed over pixels and latent dimensions,
 averaged over the batch. They are computed in fp32 whatever the autocast dtype.
@@ -7,62 +7,17 @@ averaged over the batch. They are computed in fp32 whatever the autocast dtype.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from vae_runner.gaussian import normal_log_prob
+
 if TYPE_CHECKING:
+    from vae_runner.likelihoods import Likelihood
     from vae_runner.model import VAEOutput
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-def gaussian_kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, 1)) of each latent dimension, (B, D); closed form from Appendix B of Kingma & Welling 2013."""
-    mu, logvar = mu.float(), logvar.float()
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
-def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per sample, (B,)."""
-    return gaussian_kl_per_dim(mu, logvar).sum(dim=1)
-
-
-def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
-    """-log p(x|z) under independent Bernoullis with these logits, per sample, (B,).
-
-    From logits rather than probabilities: stable, and allowed under CUDA autocast
-    (plain `binary_cross_entropy` is refused there).
-    """
-    nll = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none")
-    return nll.flatten(1).sum(dim=1)
-
-
-def gaussian_nll(mean: Tensor, log_scale: Tensor, x: Tensor) -> Tensor:
-    """-log p(x|z) under N(mean, exp(log_scale)^2) per pixel, summed per sample, (B,)."""
-    log_scale = log_scale.float().clamp(-7.0, 5.0)
-    z = (x.float() - mean.float()) * torch.exp(-log_scale)
-    return (0.5 * z.pow(2) + log_scale + 0.5 * LOG_2PI).flatten(1).sum(dim=1)
-
-
-def recon_nll(x: Tensor, x_params: Tensor, likelihood: str, log_scale: Optional[Tensor] = None) -> Tensor:
-    """Reconstruction term -log p(x|z) per sample, (B,), for the chosen likelihood."""
-    if likelihood == "bernoulli":
-        return bernoulli_nll(x_params, x)
-    if likelihood == "gaussian":
-        if log_scale is None:
-            raise ValueError("the Gaussian likelihood needs log_scale")
-        return gaussian_nll(x_params, log_scale, x)
-    raise ValueError(f"unknown likelihood {likelihood!r}")
-
-
-def likelihood_mean(x_params: Tensor, likelihood: str) -> Tensor:
-    """The mean of p(x|z) as an image in [0, 1]."""
-    if likelihood == "bernoulli":
-        return torch.sigmoid(x_params.float())
-    return x_params.float().clamp(0.0, 1.0)
 
 
 def kl_weight(
@@ -89,30 +44,106 @@ def kl_weight(
     return beta * min(1.0, step / warmup_steps)
 
 
-def elbo_terms(
+OBJECTIVES = ("elbo", "iwae", "beta_tc", "capacity")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """An objective's weights at one step: `beta` (elbo: the KL's; beta_tc: the total correlation's), beta_tc's `alpha` and
+    `gamma` (index-code MI, dimension-wise KL; capacity: the weight of |KL - C|), and capacity's target C in nats."""
+
+    beta: float = 1.0
+    alpha: float = 1.0
+    gamma: float = 1.0
+    capacity: float = 0.0
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Which objective, and its settings that do not change during a run."""
+
+    name: str = "elbo"
+    samples: int = 1  # posterior samples per image: iwae's k, else 1
+    free_bits: float = 0.0
+    dataset_size: int = 1  # beta_tc: N, the training images
+
+
+def objective_terms(
     x: Tensor,
     out: VAEOutput,
-    *,
-    beta: float,
-    likelihood: str,
-    free_bits: float = 0.0,
+    likelihood: Likelihood,
+    objective: Objective = Objective(),
+    weights: Weights = Weights(),
     kl_batch_mean: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> dict[str, Tensor]:
-    """Named terms, each a scalar averaged over the batch: `loss` = recon + beta * kl is what is minimised.
+    """Named terms, each a scalar in nats per image averaged over the batch (and the S samples); `loss` is what is minimised.
 
-    `elbo` is the unweighted bound (-(recon + kl)), whatever beta is. With
-    `free_bits` > 0 the loss uses max(free_bits, KL of each dimension averaged
-    over the batch) in place of the KL (Kingma et al. 2016, Sec. C.8), so a
-    dimension below the floor gets no pressure towards the prior; `kl` stays
-    the true KL. Under torchrun each process holds a shard of the batch:
-    `kl_batch_mean` maps the shard's per-dimension means to the whole batch's,
-    so the floor applies to the whole batch as in one process.
+    `x` (B, C, H, W) is what the decoder must reproduce. Every objective reports `recon`
+    (-E log p(x|z)), `kl` (KL(q(z|x) || p(z)): closed form when the model gives it,
+    else the Monte Carlo estimate log q(z|x) - log p(z)) and `elbo` = -(recon + kl).
+    `weights` are this step's (see `Weights`); `kl_batch_mean` is for free bits under torchrun.
+    - elbo: recon + beta * KL, with free bits (see `free_bits_kl`);
+    - iwae: -log (1/S) sum_s p(x, z_s) / q(z_s|x) (Burda et al. 2015), also logged as `iwae_bound`;
+    - beta_tc: recon + alpha MI + beta TC + gamma dimension-wise KL (Chen et al. 2018; `tc_decomposition`);
+    - capacity: recon + gamma |KL - C| (Burgess et al. 2018).
     """
-    recon = recon_nll(x, out.x_params, likelihood, out.log_scale).mean()
-    kl_dims = gaussian_kl_per_dim(out.mu, out.logvar)  # (B, D)
-    kl = kl_dims.sum(dim=1).mean()
-    penalty = kl if free_bits <= 0 else free_bits_kl(kl_dims.mean(dim=0), free_bits, kl_batch_mean)
-    return {"loss": recon + beta * penalty, "recon": recon, "kl": kl, "elbo": -(recon + kl)}
+    log_px = sample_log_likelihood(likelihood, x, out)  # (S, B)
+    recon = -log_px.mean()
+    kl = kl_per_image(out).mean()
+    terms = {"recon": recon, "kl": kl, "elbo": -(recon + kl)}
+    if objective.name == "elbo":
+        penalty = kl if objective.free_bits <= 0 else free_bits_kl(out.kl_dims.mean(dim=0), objective.free_bits, kl_batch_mean)
+        terms["loss"] = recon + weights.beta * penalty
+    elif objective.name == "iwae":
+        bound = torch.logsumexp(log_px + out.log_p - out.log_q, dim=0) - math.log(out.samples)  # (B,)
+        terms["iwae_bound"] = bound.mean()
+        terms["loss"] = -terms["iwae_bound"]
+    elif objective.name == "beta_tc":
+        mi, tc, dim_kl = tc_decomposition(out.z[0], out.mu, out.logvar, out.log_q[0], out.log_p[0], objective.dataset_size)
+        terms.update(mi=mi.mean(), tc=tc.mean(), dim_kl=dim_kl.mean())
+        terms["loss"] = recon + weights.alpha * terms["mi"] + weights.beta * terms["tc"] + weights.gamma * terms["dim_kl"]
+    elif objective.name == "capacity":
+        terms["capacity"] = torch.tensor(weights.capacity)
+        terms["loss"] = recon + weights.gamma * (kl - weights.capacity).abs()
+    else:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective.name!r}")
+    return terms
+
+
+def kl_per_image(out: VAEOutput) -> Tensor:
+    """KL(q(z|x) || p(z)) of each image, (B,): in closed form when the model gives it, else log q(z|x) - log p(z) averaged over the S samples."""
+    return out.kl_dims.sum(dim=1) if out.kl_dims is not None else (out.log_q - out.log_p).mean(dim=0)
+
+
+def sample_log_likelihood(likelihood: Likelihood, x: Tensor, out: VAEOutput) -> Tensor:
+    """log p(x|z) of images x (B, C, H, W) under each of the output's S samples, (S, B)."""
+    return likelihood.log_prob(out.x_params, x.repeat(out.samples, 1, 1, 1)).view(out.samples, x.shape[0])
+
+
+def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, log_q: Tensor, log_p: Tensor, dataset_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per image (B,): index-code MI, total correlation and dimension-wise KL at z (B, D) ~ q(z|x) (Chen et al. 2018, Eq. 2).
+
+    MI = log q(z|x) - log q(z), TC = log q(z) - sum_d log q(z_d), dimension-wise KL =
+    sum_d log q(z_d) - log p(z); they add up to log q(z|x) - log p(z), the sampled KL.
+    The aggregate posterior q(z) = (1/N) sum_n q(z|x_n) is estimated from the batch
+    of M images: the image's own posterior weighs 1/N and each of the others
+    (N - 1) / (N (M - 1)), so the weights sum to one and a batch of the whole data
+    set gives q(z) exactly. (Chen et al.'s minibatch-weighted sampling subtracts
+    log(N M) instead, which moves each term's value by a constant but not its gradient.)
+    """
+    n, m = max(dataset_size, mu.shape[0]), mu.shape[0]
+    log_qz_dims = normal_log_prob(z[:, None, :], mu[None, :, :], logvar[None, :, :])  # (M, M, D): q(z_i,d | x_j)
+    own, other = -math.log(n), (math.log(n - 1) - math.log(n) - math.log(m - 1)) if m > 1 else -math.inf
+    log_w = torch.full((m, m), other, device=z.device)
+    log_w.fill_diagonal_(own)
+    log_qz = torch.logsumexp(log_qz_dims.sum(dim=2) + log_w, dim=1)  # (M,)
+    log_qz_product = torch.logsumexp(log_qz_dims + log_w[:, :, None], dim=1).sum(dim=1)  # (M,)
+    return log_q - log_qz, log_qz - log_qz_product, log_qz_product - log_p
+
+
+def capacity_at(step: int, capacity_max: float, capacity_steps: int) -> float:
+    """Burgess et al. 2018's target KL C(t): rising linearly from 0 nats at step 0 to `capacity_max` at `capacity_steps`, then held."""
+    return capacity_max * min(1.0, step / max(capacity_steps, 1))
 
 
 def free_bits_kl(kl_mean: Tensor, free_bits: float, batch_mean: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:

@@ -77,7 +77,7 @@ def latent_traversal(
     steps: int = 11,
     span: float = 3.0,
 ) -> Tensor:
-    """One image's posterior mean with one dimension at a time swept over mu_d + linspace(-span, span), decoded.
+    """One image's latent code (`model.code`: the posterior mean) with one dimension at a time swept over z_d + linspace(-span, span), decoded.
 
     The sweep is in units of the prior's standard deviation (σ = 1). Rows are
     the `n_dims` highest-KL dimensions in `top_kl_dims(kl_per_dim, n_dims)`
@@ -96,7 +96,7 @@ def latent_traversal(
         y1 = _labels(y, 1, device)
         if y1 is not None:
             y1 = y1[:1]
-        mu, _ = model.encode(x, y1)  # (1, D)
+        mu = model.code(x, y1)  # (1, D)
         offsets = traversal_offsets(steps, span).to(device)
         z = mu.repeat(len(dims) * steps, 1)  # (R * S, D), row r sweeps dims[r]
         for r, d in enumerate(dims):
@@ -112,9 +112,12 @@ def traversal_offsets(steps: int, span: float) -> Tensor:
 
 
 def traversal_figure(
-    model: nn.Module, x: Tensor, y: Labels, kl_per_dim: Tensor, n_dims: int = 10, steps: int = 11, span: float = 3.0
+    model: nn.Module, x: Tensor, y: Labels, kl_per_dim: Tensor, n_dims: int = 10, steps: int = 11, span: float = 3.0, score: str = "KL"
 ) -> Figure:
     """`latent_traversal` with each row named by its dimension and that dimension's KL ("z7  KL 3.21"), its columns by their offset in σ.
+
+    Without per-dimension KLs (a flow, a mixture prior) the rows are ranked by
+    another `score` of each dimension, named so (the posterior means' variance: "z7  var 0.93").
 
     Every column has a tick; the whole-number offsets (−3, 0, 3 for the
     default 11 steps) are written, and the step between columns goes in the
@@ -122,7 +125,7 @@ def traversal_figure(
     """
     grid = latent_traversal(model, x, y, kl_per_dim, n_dims, steps, span)
     kl = kl_per_dim.detach().float().cpu()
-    rows = [f"z{d}  KL {kl[d].item():.2f}" for d in top_kl_dims(kl, n_dims)]
+    rows = [f"z{d}  {score} {kl[d].item():.2f}" for d in top_kl_dims(kl, n_dims)]
     offsets = [round(v, 6) + 0.0 for v in traversal_offsets(steps, span).tolist()]  # linspace's -1.2e-07 is 0; + 0.0 drops -0.0
     columns = [_number(v) if v == round(v) else "" for v in offsets]
     title = "σ from the mean" + (f", steps of {_number(offsets[1] - offsets[0])}" if steps > 1 else "")
@@ -149,8 +152,8 @@ def interpolation(model: nn.Module, x_a: Tensor, y_a: Labels, x_b: Tensor, y_b: 
         x_a, x_b = x_a.to(device), x_b.to(device)
         n_pairs = x_a.shape[0]
         y_a, y_b = _labels(y_a, n_pairs, device), _labels(y_b, n_pairs, device)
-        mu_a, _ = model.encode(x_a, y_a)  # (P, D)
-        mu_b, _ = model.encode(x_b, y_b)
+        mu_a = model.code(x_a, y_a)  # (P, D)
+        mu_b = model.code(x_b, y_b)
         t = torch.linspace(0.0, 1.0, steps, device=device).view(1, steps, 1)
         # (1 - t) a + t b rather than lerp: t=0 and t=1 give the means exactly.
         z = ((1 - t) * mu_a[:, None] + t * mu_b[:, None]).reshape(n_pairs * steps, -1)  # (P * S, D)

@@ -154,11 +154,11 @@ def draw(run: LoadedRun, args: SampleArgs) -> tuple[Tensor, int, str]:
 
     per_row = math.ceil(math.sqrt(args.n))
     if run.num_classes and args.label is None:
-        z = draw_latents(per_row, run.latent_dim, args.temperature, args.seed)  # (per_row, D)
+        z = draw_latents(per_row, run.prior, args.temperature, args.seed)  # (per_row, D)
         labels = torch.arange(run.num_classes).repeat_interleave(per_row)  # row k is class k
         images = run.decode(z.repeat(run.num_classes, 1), labels)  # (K * per_row, C, H, W)
         return images, per_row, f"{run.num_classes} rows (classes 0 to {run.num_classes - 1}) of {per_row}, the same z down each column"
-    z = draw_latents(args.n, run.latent_dim, args.temperature, args.seed)
+    z = draw_latents(args.n, run.prior, args.temperature, args.seed)
     images = run.decode(z, args.label)
     what = f"{args.n} sample{'s' if args.n > 1 else ''}" + ("" if args.label is None else f" of class {args.label}{_named(run, args.label)}")
     return images, per_row, f"{what}, {per_row} to a row"

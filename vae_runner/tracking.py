@@ -17,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from vae_runner.atomic import atomic_write
+from vae_runner.priors import Prior
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +211,11 @@ def samples_grid(samples: Tensor, per_row: int = 8) -> Tensor:
     return image_grid(samples, per_row)
 
 
-def prior_latents(latent_dim: int, num_classes: int, per_row: int = 8, seed: int = 0) -> tuple[Tensor, Optional[Tensor]]:
-    """Fixed latents for the sample grid, the same every epoch; for a CVAE the same z down each column."""
-    g = torch.Generator().manual_seed(seed)
+def prior_latents(prior: Prior, num_classes: int, per_row: int = 8, seed: int = 0) -> tuple[Tensor, Optional[Tensor]]:
+    """Fixed draws from the prior for the sample grid, on the CPU, the same every epoch for a fixed prior; for a CVAE the same z down each column."""
+    g, cpu = torch.Generator().manual_seed(seed), torch.device("cpu")
     if num_classes:
-        z = torch.randn(per_row, latent_dim, generator=g).repeat(num_classes, 1)  # (K * per_row, D)
+        z = prior.sample(per_row, g, device=cpu).repeat(num_classes, 1)  # (K * per_row, D)
         y = torch.arange(num_classes).repeat_interleave(per_row)  # row k is class k
         return z, y
-    return torch.randn(per_row * per_row, latent_dim, generator=g), None
+    return prior.sample(per_row * per_row, g, device=cpu), None

@@ -18,13 +18,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vae_runner import distributed
 from vae_runner.atomic import write_json
-from vae_runner.build import Built, build, make_optimizer, resolve_device
+from vae_runner.build import Built, build, make_optimizer, resolve_device, validation_weights, weights_schedule
 from vae_runner.checkpoint import environment, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from vae_runner.config import swept_keys
 from vae_runner.data import corrupt
 from vae_runner.evaluate import Examples, final_report, fixed_examples, posterior_report, sample_pictures, split_sizes, validation_terms
 from vae_runner.model import VAE
-from vae_runner.objective import elbo_terms, kl_weight
+from vae_runner.objective import Objective, Weights, objective_terms
 from vae_runner.progress import Meter
 from vae_runner.run_dir import RunDir
 from vae_runner.tracking import Tracker
@@ -119,7 +119,7 @@ class Session:
     scaler: torch.amp.GradScaler
     tracker: Tracker
     progress: Progress
-    beta_at: Callable[[int], float]
+    weights_at: Callable[[int], Weights]  # the objective's weights at a step
     examples: Examples
     started: float = field(default_factory=time.perf_counter)
     consecutive_skips: int = 0
@@ -198,7 +198,7 @@ def start(cfg: DictConfig, run: RunDir) -> Session:
     # On resume, TensorBoard drops the events logged after the checkpoint: curves continue without duplicated points.
     tracker = Tracker(run.tensorboard if main else None, purge_step=progress.step + 1 if progress.step else None, pictures=run.pictures)
     if progress.step == 0:
-        hparams = _hparams(cfg, model.arch)
+        hparams = _hparams(cfg, model)
         tracker.hparams(hparams, shown=_shown_hparams(hparams))
         tracker.layout()
     d = cfg.dataset
@@ -206,7 +206,7 @@ def start(cfg: DictConfig, run: RunDir) -> Session:
         cfg, run, built,
         trained=DistributedDataParallel(model) if distributed.world_size() > 1 else model,  # gradients averaged across ranks
         optimizer=optimizer, scaler=scaler, tracker=tracker, progress=progress,
-        beta_at=beta_schedule(cfg, built.steps_per_epoch),
+        weights_at=weights_schedule(cfg, built.steps_per_epoch),
         examples=fixed_examples(built.data.val, built.val, d.noise, d.noise_level, cfg.seed),
     )
 
@@ -283,13 +283,13 @@ def train_batch(s: Session, x: torch.Tensor, y: Optional[torch.Tensor]) -> Optio
         # Every rank draws the whole batch's random numbers alike and keeps its rows, so the run
         # follows the single-process one; the weight makes the averaged gradient the batch mean's.
         rows = distributed.shard(n)
-        eps = torch.randn(n, s.model.latent_dim, device=x.device)[rows]
+        eps = torch.randn(s.built.objective.samples, n, s.model.latent_dim, device=x.device)[:, rows]
         x, x_in, y = x[rows], x_in[rows], None if y is None else y[rows]
         weight = x.shape[0] * distributed.world_size() / n
         kl_batch_mean = partial(distributed.batch_mean, count=x.shape[0])  # free bits floor the whole batch's KL
     s.progress.step += 1
     return train_step(
-        s.trained, s.optimizer, s.scaler, x_in, y, target=x, beta=s.beta_at(s.progress.step - 1), free_bits=s.cfg.model.free_bits,
+        s.trained, s.optimizer, s.scaler, x_in, y, target=x, objective=s.built.objective, weights=s.weights_at(s.progress.step - 1),
         amp_dtype=s.built.amp_dtype, grad_clip=s.cfg.train.grad_clip, eps=eps, weight=weight, kl_batch_mean=kl_batch_mean,
     )
 
@@ -310,8 +310,10 @@ def record(s: Session, terms: Optional[dict[str, torch.Tensor]], n: int) -> None
     if s.meter is not None:
         s.meter.note(f"loss {s.running_loss:.2f}")
     if p.step % t.log_every_steps == 0 or p.step == 1:
-        logged = distributed.mean_over_ranks({k: terms[k] for k in ("loss", "recon", "kl")}, n)
-        s.tracker.scalars("train", {**logged, "grad_norm": terms["grad_norm"], "beta": s.beta_at(p.step - 1)}, p.step)
+        logged = distributed.mean_over_ranks({k: v for k, v in terms.items() if k not in ("grad_norm", "elbo", "capacity")}, n)
+        weights = s.weights_at(p.step - 1)
+        scheduled = {"capacity": weights.capacity} if s.built.objective.name == "capacity" else {"beta": weights.beta}
+        s.tracker.scalars("train", {**logged, "grad_norm": terms["grad_norm"], **scheduled}, p.step)
 
 
 def end_epoch(s: Session, images: int, seconds: float, batches_done: int, stop: StopSignals) -> Optional[dict[str, float]]:
@@ -319,7 +321,8 @@ def end_epoch(s: Session, images: int, seconds: float, batches_done: int, stop: 
     p, t, m = s.progress, s.cfg.train, s.model
     val = None
     if distributed.is_main():  # the other ranks wait at the barrier
-        val = validation_terms(m, s.built.val, beta=s.cfg.model.beta, amp_dtype=s.built.amp_dtype, seed=s.cfg.seed)
+        weights = validation_weights(s.cfg, s.built.steps_per_epoch, p.step)
+        val = validation_terms(m, s.built.val, objective=s.built.objective, weights=weights, amp_dtype=s.built.amp_dtype, seed=s.cfg.seed)
         s.tracker.scalars("val", val, p.step)
         pictures, kept = pictures_due(t, p.epoch, p.step)
         names = s.built.data.info.class_names
@@ -368,15 +371,6 @@ def _stop_after_checkpoint(s: Session, stop: StopSignals) -> None:
     )
 
 
-def beta_schedule(cfg: DictConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """The KL weight as a function of the step, for this config's schedule over the whole run."""
-    m, t = cfg.model, cfg.train
-    return partial(
-        kl_weight, beta=m.beta, warmup_steps=m.kl_warmup_steps, schedule=m.kl_schedule,
-        total_steps=t.max_steps or t.epochs * steps_per_epoch, cycles=m.kl_cycles, ratio=m.kl_cycle_ratio,
-    )
-
-
 def _divergence_message(progress: Progress, skips: int) -> str:
     return (
         f"training diverged: {skips} steps in a row up to step {progress.step} had a non-finite loss or gradient "
@@ -392,9 +386,9 @@ def train_step(
     x: torch.Tensor,
     y: Optional[torch.Tensor],
     *,
-    beta: float,
+    objective: Objective = Objective(),
+    weights: Weights = Weights(),
     target: Optional[torch.Tensor] = None,
-    free_bits: float = 0.0,
     amp_dtype: Optional[torch.dtype] = None,
     grad_clip: Optional[float] = None,
     eps: Optional[torch.Tensor] = None,
@@ -403,20 +397,19 @@ def train_step(
 ) -> Optional[dict[str, torch.Tensor]]:
     """One optimizer step: forward under autocast, the objective in fp32, scaled backward, optional clipping.
 
-    `target` is what the decoder must reproduce (the clean image when x is
-    noisy); it defaults to x. `model` may be wrapped in DistributedDataParallel,
-    with `eps` the reparameterisation noise, `weight` this rank's share of the
-    batch and `kl_batch_mean` the whole batch's per-dimension KL. Returns the
+    `objective` and this step's `weights` say what is minimised. `target` is what
+    the decoder must reproduce (the clean image when x is noisy); it defaults to x.
+    `model` may be wrapped in DistributedDataParallel, with `eps` the
+    reparameterisation noise (S, B, D), `weight` this rank's share of the batch
+    and `kl_batch_mean` the whole batch's per-dimension KL. Returns the
     objective's terms and the gradient norm, or None when the loss or the
     gradient was not finite: then the parameters are left untouched.
     """
     module: VAE = getattr(model, "module", model)
     with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        out = model(x, y if module.num_classes else None, eps=eps)
+        out = model(x, y if module.num_classes else None, eps=eps, samples=objective.samples)
     # fp32, outside autocast
-    terms = elbo_terms(
-        x if target is None else target, out, beta=beta, likelihood=module.likelihood, free_bits=free_bits, kl_batch_mean=kl_batch_mean
-    )
+    terms = objective_terms(x if target is None else target, out, module.likelihood, objective, weights, kl_batch_mean)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(terms["loss"] * weight if weight != 1.0 else terms["loss"]).backward()
     scaler.unscale_(optimizer)  # true gradients for the norm and the clipping (a no-op without fp16)
@@ -437,15 +430,18 @@ def train_step(
 CORE_HPARAMS = ("model", "dataset", "model.beta", "model.latent_dim", "optim.lr")
 
 
-def _hparams(cfg: DictConfig, arch: str) -> dict[str, Any]:
-    """The hyper-parameters shown as columns in TensorBoard's HParams tab, named by their config keys."""
+def _hparams(cfg: DictConfig, model: VAE) -> dict[str, Any]:
+    """The hyper-parameters shown as columns in TensorBoard's HParams tab, named by their config keys (`auto` settled)."""
     return {
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
-        "model.arch": arch,
+        "model.arch": model.arch,
+        "model.posterior": cfg.model.posterior,
+        "model.prior": cfg.model.prior,
+        "model.objective": cfg.model.objective,
         "model.beta": cfg.model.beta,
         "model.latent_dim": cfg.model.latent_dim,
-        "model.likelihood": cfg.model.likelihood,
+        "model.likelihood": model.likelihood.name,
         "model.kl_warmup_steps": cfg.model.kl_warmup_steps,
         "optim.lr": cfg.optim.lr,
         "train.batch_size": cfg.train.batch_size,
