@@ -89,7 +89,7 @@ def run_epoch(model: VAE, optimizer: torch.optim.Optimizer, scaler: torch.amp.Gr
     sync(device)
     start, images = time.perf_counter(), 0
     for x, y in batches:
-        train_step(model, optimizer, scaler, x, y, beta=1.0)
+        train_step(model, optimizer, scaler, x, y)
         images += x.shape[0]
     sync(device)
     return images, time.perf_counter() - start
@@ -181,7 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "seconds": seconds,
             "images_per_s": images / seconds,
             "epoch_images_per_s": [n / s for n, s in timings[key]],
-            "val_loss": validation_terms(model, test_batches, beta=1.0, seed=seed)["loss"],  # the same seeded noise for both
+            "val_loss": validation_terms(model, test_batches, seed=seed)["loss"],  # the same seeded noise for both
         }
     results["ratio"] = results["project"]["images_per_s"] / results["baseline"]["images_per_s"]
     results["val_loss_diff"] = results["project"]["val_loss"] - results["baseline"]["val_loss"]

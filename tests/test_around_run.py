@@ -109,7 +109,7 @@ def test_help_shows_groups_commands_and_no_internal_keys(tmp_path: Path) -> None
     proc = vae_run("model=cvae", "--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    assert "model           beta_vae, cvae, vae   (now: cvae)" in text
+    assert "model           beta_tcvae, beta_vae, beta_vae_b, cvae, iwae, vae, vae_iaf, vae_planar, vamp   (now: cvae)" in text
     assert "dataset         cifar10, fashion_mnist, image_folder, mnist   (now: mnist)" in text
     assert "hydra/launcher  joblib, slurm, submitit_local, submitit_slurm" in text
     for command in ("vae-run -m model=beta_vae", "vae-run resume=", "vae-eval ", "vae-compare ", "tensorboard --logdir"):
@@ -125,4 +125,4 @@ def test_help_says_when_the_overrides_do_not_compose(tmp_path: Path) -> None:
     proc = vae_run("model=foo", "--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "(now: vae)" in proc.stdout
-    assert proc.stdout.rstrip().endswith("(the defaults are shown: model=foo did not compose: model=foo is not a choice for model; use one of: beta_vae, cvae, vae.)")
+    assert proc.stdout.rstrip().endswith("(the defaults are shown: model=foo did not compose: model=foo is not a choice for model; use one of: beta_tcvae, beta_vae, beta_vae_b, cvae, iwae, vae, vae_iaf, vae_planar, vamp.)")

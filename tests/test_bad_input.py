@@ -17,7 +17,7 @@ from vae_runner.train import train
 
 # (overrides, text the one-line message must contain)
 CASES = [
-    (["model=foo"], "model=foo is not a choice for model; use one of: beta_vae, cvae, vae"),
+    (["model=foo"], "model=foo is not a choice for model; use one of: beta_tcvae, beta_vae, beta_vae_b, cvae, iwae, vae, vae_iaf, vae_planar, vamp"),
     (["dataset=svhn"], "dataset=svhn is not a choice for dataset"),
     (["model.betta=2"], "Key 'betta' not in 'ModelConfig'"),
     (["model.latent_dim=0"], "model.latent_dim=0 must be a positive"),
@@ -33,7 +33,16 @@ CASES = [
     (["precision=fp8"], "precision='fp8' is not one of auto, fp32, bf16, fp16"),
     (["dataset.image_size=0"], "dataset.image_size=0 must be a positive"),
     (["dataset.image_size=big"], "dataset.image_size=big"),
-    (["model.arch=resnet"], "model.arch='resnet' is not one of auto, mlp, conv"),
+    (["model.arch=densenet"], "model.arch='densenet' is not one of auto, mlp, conv, resnet"),
+    (["model.posterior=maf"], "model.posterior='maf' is not one of gaussian, planar, iaf"),
+    (["model.prior=flow"], "model.prior='flow' is not one of normal, vamp, mog"),
+    (["model.objective=vimco"], "model.objective='vimco' is not one of elbo, iwae, beta_tc, capacity"),
+    (["model.free_bits=0.5", "model.posterior=iaf"], "model.free_bits=0.5 floors each latent dimension's closed-form KL"),
+    (["model=beta_tcvae", "model.prior=vamp"], "model.objective=beta_tc estimates q(z) from the Gaussian posteriors"),
+    (["model=iwae", "model.kl_warmup_steps=100"], "model.kl_warmup_steps and model.kl_schedule=cyclical schedule beta"),
+    (["model=iwae", "model.beta=4"], "model.beta=4.0 is not used by model.objective=iwae"),
+    (["model.flow_steps=0"], "model.flow_steps=0 must be a positive"),
+    (["model.gamma=-1"], "model.gamma=-1.0 must be a finite number >= 0"),
     (["dataset=image_folder"], "dataset=image_folder needs dataset.path"),
     (["dataset=image_folder", "dataset.path=/no/such/folder"], "dataset.path=/no/such/folder is not a folder"),
     (["hydra.run.dir=/etc/hostname/run"], "cannot create the output folder /etc/hostname/run: /etc/hostname is a file"),

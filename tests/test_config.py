@@ -54,7 +54,7 @@ def test_wrong_type_is_refused() -> None:
         ("train.batch_size=-4", "train.batch_size"),
         ("optim.lr=0", "optim.lr"),
         ("train.epochs=0", "train.epochs"),
-        ("model.arch=resnet", "model.arch"),
+        ("model.arch=densenet", "model.arch"),
         ("model.likelihood=poisson", "model.likelihood"),
         ("precision=fp8", "precision"),
         ("device=tpu", "device"),

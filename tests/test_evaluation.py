@@ -11,10 +11,10 @@ from torch.distributions import MultivariateNormal, Normal
 
 from vae_runner.data.batches import TensorBatches
 from vae_runner.data.datasets import Split
-from vae_runner.evaluate import collect_posteriors, nll_image_count, nll_subset, per_image_bounds
+from vae_runner.evaluate import FLOW_MEAN_DRAWS, collect_posteriors, nll_image_count, nll_subset, per_image_bounds
 from vae_runner.metrics import active_units, auroc, bits_per_dim, importance_log_likelihood, kl_per_dim, psnr, summarise_bounds
 from vae_runner.model import VAE
-from vae_runner.objective import gaussian_kl
+from vae_runner.gaussian import kl_to_standard_normal, normal_log_prob, standard_normal_log_prob
 
 # --------------------------------------------------------------------------- probabilistic PCA
 
@@ -58,13 +58,23 @@ class PPCA:
         return lambda z: Normal(z @ w.T + b, self.sigma).log_prob(x32).sum(dim=-1)  # (S, B, D) -> (S, B)
 
 
+def gaussian_log_weights(mu: torch.Tensor, logvar: torch.Tensor, log_px_given_z: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """log p(x|z) + log N(z; 0, I) - log q(z|x) of z = mu + sigma * eps, as a function of eps (S, B, d) -> (S, B): a Gaussian q under the normal prior."""
+
+    def log_w(eps: torch.Tensor) -> torch.Tensor:
+        z = mu + torch.exp(0.5 * logvar) * eps
+        return log_px_given_z(z) + standard_normal_log_prob(z) - normal_log_prob(z, mu, logvar).sum(dim=-1)
+
+    return log_w
+
+
 @pytest.mark.parametrize(("k", "chunk"), [(1, 64), (10, 3), (5000, 500)])
 def test_exact_posterior_gives_exact_log_likelihood(k: int, chunk: int) -> None:
     ppca = PPCA()
     x = ppca.sample(32)
     mu, logvar = ppca.posterior(x)
     g = torch.Generator().manual_seed(0)
-    estimate = importance_log_likelihood(mu, logvar, ppca.log_px_given_z(x), k=k, chunk=chunk, generator=g)
+    estimate = importance_log_likelihood(gaussian_log_weights(mu, logvar, ppca.log_px_given_z(x)), mu.shape, k=k, chunk=chunk, generator=g)
     exact = ppca.exact_log_px(x)
     assert estimate.shape == (32,)
     # every weight p(x|z)p(z)/q(z|x) equals p(x), so any dropped or doubled chunk would shift this by log(k'/k)
@@ -82,7 +92,8 @@ def test_samples_reach_the_decoder_in_chunks() -> None:
         seen.append(tuple(z.shape))
         return inner(z)
 
-    importance_log_likelihood(*ppca.posterior(x), recording, k=10, chunk=3)
+    mu, logvar = ppca.posterior(x)
+    importance_log_likelihood(gaussian_log_weights(mu, logvar, recording), mu.shape, k=10, chunk=3)
     assert seen == [(3, 5, 3), (3, 5, 3), (3, 5, 3), (1, 5, 3)]
 
 
@@ -100,7 +111,8 @@ def test_perturbed_proposal_gap_is_the_kl_at_k1_and_shrinks_with_k() -> None:
     def gaps(k: int, repeats: int) -> torch.Tensor:
         """exact - estimate, (repeats, B)."""
         xr = x.repeat(repeats, 1)
-        est = importance_log_likelihood(mu_q.repeat(repeats, 1), logvar_q.repeat(repeats, 1), ppca.log_px_given_z(xr), k, 64, g)
+        log_w = gaussian_log_weights(mu_q.repeat(repeats, 1), logvar_q.repeat(repeats, 1), ppca.log_px_given_z(xr))
+        est = importance_log_likelihood(log_w, (repeats * x.shape[0], 3), k, 64, g)
         return exact.repeat(repeats).view(repeats, -1) - est.double().view(repeats, -1)
 
     gap1, gap10, gap1000 = gaps(1, 400), gaps(10, 100), gaps(1000, 10)
@@ -117,7 +129,7 @@ def test_perturbed_proposal_gap_is_the_kl_at_k1_and_shrinks_with_k() -> None:
 
 def test_invalid_k_is_refused() -> None:
     with pytest.raises(ValueError, match="k and chunk"):
-        importance_log_likelihood(torch.zeros(2, 3), torch.zeros(2, 3), lambda z: z.sum(-1), k=0)
+        importance_log_likelihood(lambda eps: eps.sum(-1), (2, 3), k=0)
 
 
 # --------------------------------------------------------------------------- posterior statistics
@@ -142,7 +154,7 @@ def test_kl_per_dim_is_zero_at_the_prior_and_sums_to_gaussian_kl() -> None:
     assert kl.shape == (5,)
     assert kl[3:].abs().max().item() == 0.0
     assert kl[:3].min().item() > 0.5
-    assert kl.sum().item() == pytest.approx(gaussian_kl(mu, logvar).mean().item(), rel=1e-5)
+    assert kl.sum().item() == pytest.approx(kl_to_standard_normal(mu, logvar).sum(1).mean().item(), rel=1e-5)
     assert kl_per_dim(torch.ones(4, 1), torch.zeros(4, 1)).item() == 0.5  # 0.5 * mu^2
 
 
@@ -303,13 +315,30 @@ def test_collect_posteriors_matches_encoding_the_whole_split() -> None:
     torch.manual_seed(0)
     model = VAE(in_channels=1, image_size=28, latent_dim=4, num_classes=10)
     batches = _batches()
-    mu, logvar, labels = collect_posteriors(model, batches)
-    assert mu.shape == logvar.shape == (100, 4)
-    assert torch.equal(labels, batches.labels)
+    post = collect_posteriors(model, batches)
+    assert post.mu.shape == post.logvar.shape == (100, 4)
+    assert torch.equal(post.labels, batches.labels)
+    assert torch.equal(post.mean, post.mu)  # without a flow, E_q[z|x] is mu
     with torch.no_grad():
         mu_all, logvar_all = model.encode(batches.images.float() / 255, batches.labels)
-    torch.testing.assert_close(mu, mu_all, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(logvar, logvar_all, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(post.mu, mu_all, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(post.logvar, logvar_all, rtol=1e-5, atol=1e-5)
+
+
+def test_a_flow_posteriors_mean_is_the_average_of_its_draws() -> None:
+    torch.manual_seed(0)
+    model = VAE(in_channels=1, image_size=28, latent_dim=4, posterior="planar", flow_steps=4)
+    with torch.no_grad():
+        for step in model.posterior.flow:
+            step.params.bias.normal_(0, 2.0)  # a flow far from the identity
+    batches = _batches(20)
+    post = collect_posteriors(model, batches, seed=1)
+    x = batches.images.float() / 255
+    with torch.no_grad():
+        z, *_ = model.posterior(model.features(x), torch.randn(4000, 20, 4, generator=torch.Generator().manual_seed(2)))
+    standard_error = z.std(dim=0) / math.sqrt(FLOW_MEAN_DRAWS)  # of a mean of 32 draws
+    assert ((post.mean - z.mean(dim=0)).abs() < 4 * standard_error).all()
+    assert ((post.mean - post.mu).abs() > 4 * standard_error).any()  # the flow moved the mean away from the Gaussian stage's
 
 
 def test_the_elbo_does_not_move_when_only_k_changes() -> None:

@@ -116,7 +116,7 @@ def test_a_non_finite_model_never_overwrites_a_good_checkpoint(tmp_path: Path) -
     model = VAE(in_channels=1, image_size=28)
     assert save_checkpoint(path, {"step": 5}, model)
     with torch.no_grad():
-        model.to_posterior.weight[0, 0] = float("nan")
+        model.posterior.head.weight[0, 0] = float("nan")
     assert not save_checkpoint(path, {"step": 6}, model)
     assert torch.load(path, weights_only=True)["step"] == 5
 

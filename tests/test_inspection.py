@@ -12,7 +12,9 @@ import torch
 from tests.conftest import read_images, read_scalars, vae_eval, vae_run
 from vae_runner.data import Split, TensorBatches, binarize_split, corrupt, select_classes
 from vae_runner.model import VAEOutput
-from vae_runner.objective import elbo_terms, kl_weight
+from vae_runner.gaussian import kl_to_standard_normal
+from vae_runner.likelihoods import Bernoulli
+from vae_runner.objective import Objective, kl_weight, objective_terms
 
 SMALL = ["dataset.train_samples=3000", "dataset.val_samples=1000", "eval.test_samples=1000", "train.epochs=2", "eval.nll_samples=20"]
 
@@ -144,10 +146,11 @@ def test_denoising_reports_psnr_above_the_noisy_input(mnist_root: Path, tmp_path
 def test_free_bits_floor_each_dimension_in_the_loss_only() -> None:
     mu, logvar = torch.zeros(4, 3), torch.zeros(4, 3)
     mu[:, 0] = 2.0  # dimension 0 has KL 2 nats; 1 and 2 have 0
-    out = VAEOutput(torch.zeros(4, 1, 2, 2), mu, logvar, mu)
+    zero = torch.zeros(1, 4)  # log q and log p: unused when the closed-form KL is given
+    out = VAEOutput(torch.zeros(4, 1, 2, 2), mu[None], zero, zero, mu, logvar, kl_to_standard_normal(mu, logvar))
     x = torch.full((4, 1, 2, 2), 0.5)
-    plain = elbo_terms(x, out, beta=1.0, likelihood="bernoulli")
-    floored = elbo_terms(x, out, beta=1.0, likelihood="bernoulli", free_bits=0.5)
+    plain = objective_terms(x, out, Bernoulli())
+    floored = objective_terms(x, out, Bernoulli(), Objective(free_bits=0.5))
     assert plain["kl"].item() == floored["kl"].item() == pytest.approx(2.0)
     assert floored["loss"].item() - plain["loss"].item() == pytest.approx(1.0)  # two dims raised to 0.5 nats
 

@@ -64,6 +64,9 @@ class OnlyZ1Decoder(nn.Module):
         mu = torch.tensor([self.mu]).expand(x.shape[0], -1)
         return mu, torch.zeros_like(mu)
 
+    def code(self, x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+        return self.encode(x, y)[0]
+
     def sample(self, z: Tensor, y: Optional[Tensor] = None) -> Tensor:
         return torch.sigmoid(z[:, 1]).view(-1, 1, 1, 1).expand(-1, 1, SIDE, SIDE)
 
@@ -175,7 +178,7 @@ def nan_decoder_vae(latent_dim: int = 2) -> VAE:
     """A tiny VAE whose decoder returns NaN for every pixel, as a diverged run's does."""
     model = tiny_vae(latent_dim=latent_dim)
     with torch.no_grad():
-        for param in model.decoder_in.parameters():
+        for param in model.decoder[0].parameters():
             param.fill_(float("nan"))
     return model
 

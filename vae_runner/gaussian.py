@@ -33,13 +33,15 @@ def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
 def mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor, log_weights: Tensor) -> Tensor:
     """log sum_k w_k N(z; m_k, diag exp(v_k)) for z (..., D) and K components (K, D), (K,): (...).
 
-    The squared distances to all K components come from two matrix products,
-    so memory grows with N x K, not N x K x D (a VampPrior has K = 500).
+    The squared distances to all K components come from matrix products, so memory
+    grows with N x K, not N x K x D (a VampPrior has K = 500). They are expanded
+    as z^2/v - 2 z m/v + m^2/v, which cancels badly for narrow components in fp32
+    (an error of nats at v = e^-10): hence float64, exact to ~1e-3 nats even at LOGVAR_MIN.
     """
     shape = z.shape[:-1]
-    z = z.reshape(-1, z.shape[-1]).float()  # (N, D)
-    means, logvars = means.float(), logvars.float()
+    z = z.reshape(-1, z.shape[-1]).double()  # (N, D)
+    means, logvars = means.double(), logvars.double()
     precision = torch.exp(-logvars)  # (K, D)
     squared = (z * z) @ precision.T - 2 * z @ (means * precision).T + (means * means * precision).sum(dim=1)  # (N, K)
     log_components = -0.5 * (squared.clamp(min=0) + logvars.sum(dim=1) + z.shape[1] * LOG_2PI)
-    return torch.logsumexp(log_components + torch.log_softmax(log_weights.float(), dim=0), dim=1).view(shape)
+    return torch.logsumexp(log_components + torch.log_softmax(log_weights.double(), dim=0), dim=1).float().view(shape)

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_runner.config import config_dir
 
-INTRO = """vae-run: train a VAE, CVAE or beta-VAE from a config, log it to TensorBoard, and sweep it with -m.
+INTRO = """vae-run: train a VAE (CVAE, beta-VAE, IWAE, VampPrior, flows, ...) from a config, log to TensorBoard, sweep with -m.
 
 usage: vae-run [-m] [GROUP=OPTION ...] [KEY=VALUE ...]"""
 

@@ -25,9 +25,14 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 class PlanarStep(nn.Module):
     """f(z) = z + u_hat tanh(w.z + b) with u, w, b computed from each image's features (Rezende & Mohamed 2015, Eq. 10).
 
-    u_hat = u + (m(w.u) - w.u) w / |w|^2 with m(a) = -1 + softplus(a) keeps w.u_hat >= -1,
-    so f stays invertible (their Appendix A.1); log |det| = log |1 + u_hat . w tanh'(w.z + b)|.
+    u_hat = u + (m(w.u) - w.u) w / |w|^2 with m(a) = -1 + softplus(a) makes w.u_hat = m(w.u) > -1,
+    so f stays invertible (their Appendix A.1). log |det| = log(1 + m(w.u) tanh'(w.z + b))
+    = log(a^2 + (1 - a^2) softplus(w.u)) with a = tanh(w.z + b): written with m's value, not
+    with w.u_hat recomputed in fp32, whose rounding exceeds the margin softplus(w.u) once
+    w.u < -15. The margin is floored at MIN_MARGIN so the map stays monotone in fp32 too.
     """
+
+    MIN_MARGIN = 1e-4
 
     def __init__(self, features: int, latent_dim: int):
         super().__init__()
@@ -37,9 +42,13 @@ class PlanarStep(nn.Module):
     def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         u, w, b = self.params(h).split([self.latent_dim, self.latent_dim, 1], dim=-1)  # (B, D), (B, D), (B, 1)
         wu = (w * u).sum(dim=-1, keepdim=True)
-        u_hat = u + (F.softplus(wu) - 1 - wu) * w / w.pow(2).sum(dim=-1, keepdim=True).clamp(min=1e-12)
+        margin = F.softplus(wu).clamp(min=self.MIN_MARGIN)
+        norm2 = w.pow(2).sum(dim=-1, keepdim=True)
+        moved = norm2 / norm2.clamp(min=1e-12)  # exactly 1, or ~0 for w = 0 (then u_hat = u and w.u_hat = 0)
+        u_hat = u + (margin - 1 - wu) * w / norm2.clamp(min=1e-12)
+        one_plus_wu_hat = margin * moved + (1 + wu) * (1 - moved)
         a = torch.tanh((z * w).sum(dim=-1, keepdim=True) + b)  # (S, B, 1)
-        log_det = torch.log((1 + (1 - a.pow(2)) * (u_hat * w).sum(dim=-1, keepdim=True)).abs() + 1e-12).squeeze(-1)
+        log_det = torch.log(a.pow(2) + (1 - a.pow(2)) * one_plus_wu_hat).squeeze(-1)
         return z + u_hat * a, log_det
 
 
