@@ -17,11 +17,17 @@ ARGS = ["device=cpu", "dataset.train_samples=1000", "dataset.val_samples=200", "
 
 
 # Free bits floor each dimension's KL averaged over the whole batch, not over each rank's shard:
-# 0.5 nats sits inside the range the per-dimension KLs cross in these 8 steps.
-@pytest.mark.parametrize("free_bits", [0.0, 0.5])
-def test_two_gloo_processes_match_one_process(mnist_root: Path, tmp_path: Path, free_bits: float) -> None:
+# 0.5 nats sits inside the range the per-dimension KLs cross in these 8 steps. The CVAE with an
+# IAF posterior, a VampPrior and the IWAE bound draws k samples per image, sharded like one.
+@pytest.mark.parametrize(
+    "model",
+    [["model.free_bits=0.0"], ["model.free_bits=0.5"],
+     ["model=cvae", "model.posterior=iaf", "model.prior=vamp", "model.objective=iwae", "model.iwae_samples=3", "model.prior_components=20"]],
+    ids=["elbo", "free_bits", "cvae_iaf_vamp_iwae"],
+)
+def test_two_gloo_processes_match_one_process(mnist_root: Path, tmp_path: Path, model: list[str]) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    args = [*ARGS, f"model.free_bits={free_bits}"]
+    args = [*ARGS, *model]
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vae_runner.cli",
          f"dataset.root={mnist_root}", *args],
