@@ -43,6 +43,7 @@ CASES = [
     (["model=iwae", "model.beta=4"], "model.beta=4.0 is not used by model.objective=iwae"),
     (["model.flow_steps=0"], "model.flow_steps=0 must be a positive"),
     (["model.gamma=-1"], "model.gamma=-1.0 must be a finite number >= 0"),
+    (["model=iwae", "model.iwae_samples=1000000"], "model.iwae_samples=1000000 decodes 128,000,000 images in every training step"),
     (["dataset=image_folder"], "dataset=image_folder needs dataset.path"),
     (["dataset=image_folder", "dataset.path=/no/such/folder"], "dataset.path=/no/such/folder is not a folder"),
     (["hydra.run.dir=/etc/hostname/run"], "cannot create the output folder /etc/hostname/run: /etc/hostname is a file"),

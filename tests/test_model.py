@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from vae_runner.model import LOGVAR_MAX, LOGVAR_MIN, VAE
+from vae_runner.model import VAE
+from vae_runner.posteriors import LOGVAR_MAX, LOGVAR_MIN
 
 
 @pytest.mark.parametrize(

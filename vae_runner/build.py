@@ -244,19 +244,26 @@ def _check_model_fits(make: Any, info: DatasetInfo) -> None:
 
 
 def _check_evaluation_fits(cfg: DictConfig, info: DatasetInfo, model: VAE) -> None:
-    """The importance-sampled NLL decodes `eval.nll_chunk` samples of a whole batch at once: refuse a chunk that cannot fit, before training."""
-    images = min(cfg.eval.nll_chunk, cfg.eval.nll_samples) * cfg.train.batch_size
+    """Refuse, before training, a batch of decodes that cannot fit: the NLL's `eval.nll_chunk` samples of a batch, or iwae's k per image in a step."""
     if model.arch == "mlp":
         widths = sum(cfg.model.hidden_dims)
     else:  # each transposed convolution's output: channels x (side / 2^depth)^2
         widths = sum(c * (info.image_size // 2 ** (i + 1)) ** 2 for i, c in enumerate(cfg.model.conv_channels))
     # Per decoded image, in fp32: the repeated input, the decoder's output and the per-pixel loss, plus the hidden layers.
     outputs = 2 + model.likelihood.params_per_channel
-    needed, free = images * 4 * (outputs * info.channels * info.image_size**2 + 2 * widths), available_memory()
-    if needed > free:
+    per_image, free = 4 * (outputs * info.channels * info.image_size**2 + 2 * widths), available_memory()
+    batch = cfg.train.batch_size
+    evaluation = min(cfg.eval.nll_chunk, cfg.eval.nll_samples) * batch
+    if evaluation * per_image > free:
         raise UserError(
-            f"eval.nll_chunk={cfg.eval.nll_chunk} decodes {images:,} images at once (x train.batch_size={cfg.train.batch_size}), "
-            f"about {needed / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB is available; use a smaller eval.nll_chunk, e.g. 10."
+            f"eval.nll_chunk={cfg.eval.nll_chunk} decodes {evaluation:,} images at once (x train.batch_size={batch}), "
+            f"about {evaluation * per_image / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB is available; use a smaller eval.nll_chunk, e.g. 10."
+        )
+    training = (cfg.model.iwae_samples if cfg.model.objective == "iwae" else 1) * batch
+    if 2 * training * per_image > free:  # twice: the backward pass keeps the activations
+        raise UserError(
+            f"model.iwae_samples={cfg.model.iwae_samples} decodes {training:,} images in every training step (x train.batch_size={batch}), "
+            f"about {2 * training * per_image / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB is available; use fewer samples or a smaller batch."
         )
 
 

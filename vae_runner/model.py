@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from vae_runner.gaussian import kl_to_standard_normal
 from vae_runner.likelihoods import make_likelihood
 from vae_runner.nets import build_nets
-from vae_runner.posteriors import LOGVAR_MAX, LOGVAR_MIN, Posterior  # noqa: F401 (re-exported)
+from vae_runner.posteriors import Posterior
 from vae_runner.priors import NormalPrior, Prior, make_prior
 
 

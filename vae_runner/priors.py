@@ -25,7 +25,6 @@ class StandardNormal:
     """N(0, I) over `latent_dim` dimensions."""
 
     latent_dim: int
-    factorised = True  # a product over dimensions: per-dimension KLs exist
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log p(z) for z (..., D): (...)."""
@@ -36,14 +35,16 @@ class StandardNormal:
         return torch.randn(n, self.latent_dim, generator=generator, device=device) * temperature
 
 
-@dataclass
+@dataclass(repr=False)
 class DiagonalMixture:
     """sum_k w_k N(m_k, diag exp(v_k)): the mixture and Vamp priors' distribution, K components."""
 
     means: Tensor  # (K, D)
     logvars: Tensor  # (K, D)
     log_weights: Tensor  # (K,) unnormalised
-    factorised = False
+
+    def __repr__(self) -> str:
+        return f"DiagonalMixture({self.means.shape[0]} components of {self.means.shape[1]} dimensions)"
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log p(z) for z (..., D): (...)."""

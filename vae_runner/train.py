@@ -190,9 +190,11 @@ def start(cfg: DictConfig, run: RunDir) -> Session:
     if main:
         write_json(run.environment, environment())
     n_params = sum(p.numel() for p in model.parameters())
+    m = cfg.model
     log.info(
-        "%s (%s, %s params) on %s: %d train / %d val / %d test images of %dx%dx%d, device %s, precision %s",
-        cfg.model.name, model.arch, f"{n_params:,}", built.data.info.name, built.train.num_samples, built.val.num_samples,
+        "%s (%s, %s params; %s posterior, %s prior, %s likelihood, %s objective) on %s: %d train / %d val / %d test images of %dx%dx%d, "
+        "device %s, precision %s",
+        m.name, model.arch, f"{n_params:,}", m.posterior, m.prior, model.likelihood.name, m.objective, built.data.info.name, built.train.num_samples, built.val.num_samples,
         built.test.num_samples, built.data.info.channels, built.data.info.image_size, built.data.info.image_size, built.device, built.precision,
     )
     # On resume, TensorBoard drops the events logged after the checkpoint: curves continue without duplicated points.
