@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 
+from vae_runner.choices import LIKELIHOODS, POSTERIORS, PRIORS
 from vae_runner.model import VAE
 from vae_runner.posteriors import LOGVAR_MAX, LOGVAR_MIN
 
 
 @pytest.mark.parametrize(
     ("arch", "channels", "size"),
-    [("mlp", 1, 28), ("conv", 1, 28), ("conv", 3, 32), ("conv", 3, 64), ("mlp", 3, 32), ("conv", 1, 20), ("resnet", 3, 32), ("resnet", 1, 28)],
+    [("mlp", 1, 28), ("conv", 1, 28), ("conv", 3, 32), ("conv", 3, 64), ("mlp", 3, 32), ("conv", 1, 20), ("resnet", 3, 32), ("resnet", 1, 28), ("resnet", 1, 20)],
 )
 def test_output_shapes(arch: str, channels: int, size: int) -> None:
     model = VAE(in_channels=channels, image_size=size, latent_dim=7, arch=arch, conv_channels=(8, 16, 32))
@@ -25,9 +26,9 @@ def test_output_shapes(arch: str, channels: int, size: int) -> None:
     assert model.sample(torch.randn(3, 7)).shape == (3, channels, size, size)
 
 
-@pytest.mark.parametrize("posterior", ["gaussian", "planar", "iaf"])
-@pytest.mark.parametrize("prior", ["normal", "vamp", "mog"])
-@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli", "gaussian", "discretized_logistic"])
+@pytest.mark.parametrize("posterior", POSTERIORS)
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_every_combination_gives_finite_scores_of_every_sample(posterior: str, prior: str, likelihood: str) -> None:
     torch.manual_seed(0)
     model = VAE(

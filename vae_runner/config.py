@@ -17,15 +17,12 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from vae_runner import choices
+from vae_runner.choices import OBJECTIVES, POSTERIORS, PRIORS
 from vae_runner.errors import UserError
-from vae_runner.likelihoods import LIKELIHOODS as LIKELIHOOD_NAMES
-from vae_runner.nets import ARCHS as NETS
-from vae_runner.objective import OBJECTIVES
-from vae_runner.posteriors import POSTERIORS
-from vae_runner.priors import PRIORS
 
-ARCHS = ("auto", *NETS)
-LIKELIHOODS = ("auto", *LIKELIHOOD_NAMES)
+ARCHS = ("auto", *choices.ARCHS)
+LIKELIHOODS = ("auto", *choices.LIKELIHOODS)
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KL_SCHEDULES = ("linear", "cyclical")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vae_runner.choices import LIKELIHOODS
 from vae_runner.gaussian import LOG_2PI
 
 # A Gaussian density above 256 on a pixel would give its 8-bit bin a probability above 1;
@@ -149,13 +150,11 @@ class DiscretizedLogistic(LocationScale):
         return math.log(std * math.sqrt(3) / math.pi)
 
 
-LIKELIHOODS: dict[str, type[Likelihood]] = {
-    cls.name: cls for cls in (Bernoulli, ContinuousBernoulli, Gaussian, DiscretizedLogistic)
-}
+_BY_NAME: dict[str, type[Likelihood]] = {cls.name: cls for cls in (Bernoulli, ContinuousBernoulli, Gaussian, DiscretizedLogistic)}
 
 
 def make_likelihood(name: str) -> Likelihood:
-    """The likelihood called `name` (a key of LIKELIHOODS)."""
-    if name not in LIKELIHOODS:
+    """The likelihood called `name` (one of `vae_runner.choices.LIKELIHOODS`)."""
+    if name not in _BY_NAME:
         raise ValueError(f"unknown likelihood {name!r}; use one of {', '.join(LIKELIHOODS)}")
-    return LIKELIHOODS[name]()
+    return _BY_NAME[name]()

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-ARCHS = ("mlp", "conv", "resnet")
+from vae_runner.choices import ARCHS
 
 
 @dataclass

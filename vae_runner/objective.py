@@ -13,38 +13,12 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 from torch import Tensor
 
+from vae_runner.choices import OBJECTIVES
 from vae_runner.gaussian import normal_log_prob
 
 if TYPE_CHECKING:
     from vae_runner.likelihoods import Likelihood
     from vae_runner.model import VAEOutput
-
-
-def kl_weight(
-    step: int,
-    beta: float,
-    warmup_steps: int = 0,
-    schedule: str = "linear",
-    total_steps: int = 1,
-    cycles: int = 4,
-    ratio: float = 0.5,
-) -> float:
-    """The KL weight at an optimizer step.
-
-    linear: from 0 to beta over `warmup_steps` (Bowman et al. 2016), then beta.
-    cyclical: `cycles` cycles over `total_steps`, each ramping from 0 to beta over
-    its first `ratio` and holding beta for the rest (Fu et al. 2019).
-    """
-    if schedule == "cyclical":
-        period = max(total_steps, 1) / cycles
-        position = (step % period) / period
-        return beta * min(1.0, position / ratio)
-    if warmup_steps <= 0:
-        return beta
-    return beta * min(1.0, step / warmup_steps)
-
-
-OBJECTIVES = ("elbo", "iwae", "beta_tc", "capacity")
 
 
 @dataclass(frozen=True)
@@ -139,6 +113,30 @@ def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, log_q: Tensor, log_p
     log_qz = torch.logsumexp(log_qz_dims.sum(dim=2) + log_w, dim=1)  # (M,)
     log_qz_product = torch.logsumexp(log_qz_dims + log_w[:, :, None], dim=1).sum(dim=1)  # (M,)
     return log_q - log_qz, log_qz - log_qz_product, log_qz_product - log_p
+
+
+def kl_weight(
+    step: int,
+    beta: float,
+    warmup_steps: int = 0,
+    schedule: str = "linear",
+    total_steps: int = 1,
+    cycles: int = 4,
+    ratio: float = 0.5,
+) -> float:
+    """The KL weight at an optimizer step.
+
+    linear: from 0 to beta over `warmup_steps` (Bowman et al. 2016), then beta.
+    cyclical: `cycles` cycles over `total_steps`, each ramping from 0 to beta over
+    its first `ratio` and holding beta for the rest (Fu et al. 2019).
+    """
+    if schedule == "cyclical":
+        period = max(total_steps, 1) / cycles
+        position = (step % period) / period
+        return beta * min(1.0, position / ratio)
+    if warmup_steps <= 0:
+        return beta
+    return beta * min(1.0, step / warmup_steps)
 
 
 def capacity_at(step: int, capacity_max: float, capacity_steps: int) -> float:

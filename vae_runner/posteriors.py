@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vae_runner.choices import POSTERIORS
 from vae_runner.gaussian import LOG_2PI
 
-POSTERIORS = ("gaussian", "planar", "iaf")
 # exp(logvar) stays finite in fp16/bf16 and the KL stays well defined.
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 

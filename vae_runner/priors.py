@@ -13,9 +13,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from vae_runner.choices import PRIORS
 from vae_runner.gaussian import mixture_log_prob, standard_normal_log_prob
 
-PRIORS = ("normal", "vamp", "mog")
 # The encoder's Gaussian: (images (K, C, H, W), labels (K,) or None) -> mean and log-variance, each (K, D).
 Encode = Callable[[Tensor, Optional[Tensor]], tuple[Tensor, Tensor]]
 
