@@ -29,8 +29,10 @@ def test_bf16_autocast_on_cpu_is_within_two_percent_of_fp32(arch: str) -> None:
         torch.manual_seed(1)  # the same eps in the reparameterisation
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             out = model(x)
+            features = model.features(x)
         losses[dtype] = objective_terms(x, out, model.likelihood)["loss"]
-    assert out.x_params.dtype == torch.bfloat16  # autocast really ran in bf16
+    assert features.dtype == torch.bfloat16  # autocast really ran in bf16 ...
+    assert out.x_params.dtype == torch.float32  # ... except in the decoder's output layer
     assert torch.isfinite(losses[torch.bfloat16])
     assert losses[torch.bfloat16].item() == pytest.approx(losses[None].item(), rel=0.02)
 

@@ -70,9 +70,9 @@ class LoadedRun:
 
     @property
     def prior(self) -> Prior:
-        """p(z), with `log_prob(z)` and `sample(n)`."""
+        """p(z) on the CPU, detached from the model's parameters, with `log_prob(z)` and `sample(n)`."""
         with evaluating(self.model):
-            return self.model.prior_distribution()
+            return self.model.prior_distribution().to(torch.device("cpu"))
 
     @property
     def latent_dim(self) -> int:
@@ -80,7 +80,10 @@ class LoadedRun:
         return self.model.latent_dim
 
     def encode(self, x: Tensor, labels: Labels = None) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of q(z|x), each (N, latent_dim), for images (N, C, H, W) or (C, H, W) in [0, 1]."""
+        """Mean and log-variance of q(z|x)'s Gaussian stage (all of q without a flow), each (N, latent_dim).
+
+        For images (N, C, H, W) or (C, H, W) in [0, 1].
+        """
         x = self._images(x)
         y = self._labels(labels, x.shape[0])
         mus, logvars = [], []
@@ -91,8 +94,14 @@ class LoadedRun:
                 logvars.append(logvar.float().cpu())
         return torch.cat(mus), torch.cat(logvars)
 
+    def code(self, x: Tensor, labels: Labels = None) -> Tensor:
+        """The latent code of each image, (N, latent_dim) on the CPU: the posterior mean, through the flow (noise 0) if there is one."""
+        x = self._images(x)
+        y = self._labels(labels, x.shape[0])
+        return self._chunked(lambda start: self.model.code(x[start : start + CHUNK], _rows(y, start)), x.shape[0])
+
     def reconstruct(self, x: Tensor, labels: Labels = None) -> Tensor:
-        """The decoder's mean image at the posterior mean, (N, C, H, W) in [0, 1]: what the run's `val/reconstructions` picture shows."""
+        """The decoder's mean image at the latent code (`code`), (N, C, H, W) in [0, 1]: what the run's `val/reconstructions` picture shows."""
         from vae_runner.evaluate import reconstruct  # the picture's own code (it imports TensorBoard, hence here)
 
         x = self._images(x)
@@ -106,7 +115,7 @@ class LoadedRun:
         return self._chunked(lambda start: self.model.sample(z[start : start + CHUNK], _rows(y, start)), z.shape[0])
 
     def sample(self, n: int, labels: Labels = None, temperature: float = 1.0, seed: Optional[int] = None) -> Tensor:
-        """n images decoded from z drawn from the prior (see `draw_latents`): (n, C, H, W) in [0, 1]; a CVAE needs `labels` (one class for all, or n)."""
+        """n images decoded from z drawn from the prior (`draw_latents`): (n, C, H, W) in [0, 1]; a CVAE needs `labels` (one class, or n)."""
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"n={n!r} must be a whole number of images >= 1.")
         self._labels(labels, n)  # refused before any work
@@ -172,7 +181,9 @@ def _rows(y: Optional[Tensor], start: int) -> Optional[Tensor]:
 
 
 def draw_latents(n: int, prior: Prior, temperature: float = 1.0, seed: Optional[int] = None) -> Tensor:
-    """n draws of z from the model's prior (`model.prior_distribution()`), (n, latent_dim) on the CPU, with a generator seeded with `seed` (torch's global one when None).
+    """n draws of z from a model's prior (`model.prior_distribution()`), (n, latent_dim) on the CPU.
+
+    The generator is seeded with `seed` (torch's global one when None).
 
     `temperature` scales the standard deviation: N(0, temperature² I) for the normal prior, each component's for a mixture.
     """

@@ -77,7 +77,7 @@ def build(cfg: DictConfig, device: Optional[torch.device] = None) -> Built:
             f"({len(data.train)} images); use a smaller batch size."
         )
     model = build_model(cfg.model, data.info, pixel_stats(data.train)).to(device)
-    _check_evaluation_fits(cfg, data.info, model)
+    _check_decoding_fits(cfg, data.info, model)
     d = cfg.dataset
     objective = make_objective(cfg.model, len(data.train))
     make = partial(make_batches, batch_size=cfg.train.batch_size, device=device, seed=cfg.seed, num_workers=d.num_workers)
@@ -195,10 +195,18 @@ def make_objective(model_cfg: DictConfig, train_images: int) -> Objective:
     return Objective(m.objective, m.iwae_samples if m.objective == "iwae" else 1, m.free_bits, train_images)
 
 
-def weights_schedule(cfg: DictConfig, steps_per_epoch: int) -> Callable[[int], Weights]:
-    """The objective's weights as a function of the step: beta's warm-up or cycles, and capacity's C(t), over the whole run."""
-    m, t = cfg.model, cfg.train
-    total = t.max_steps or t.epochs * steps_per_epoch
+def planned_steps(cfg: DictConfig, steps_per_epoch: int) -> int:
+    """The optimizer steps the config asks for: `train.max_steps`, else every epoch's."""
+    return cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+
+
+def weights_schedule(cfg: DictConfig, total: int) -> Callable[[int], Weights]:
+    """The objective's weights as a function of the step: beta's warm-up or cycles, and capacity's C(t), over a run of `total` steps.
+
+    `total` is the run's first plan (`Progress.schedule_steps`): a resume that trains longer
+    holds C at capacity_max and keeps the cycles' period, rather than moving them back.
+    """
+    m = cfg.model
     beta = partial(
         kl_weight, beta=m.beta, warmup_steps=m.kl_warmup_steps, schedule=m.kl_schedule, total_steps=total, cycles=m.kl_cycles, ratio=m.kl_cycle_ratio
     )
@@ -206,9 +214,9 @@ def weights_schedule(cfg: DictConfig, steps_per_epoch: int) -> Callable[[int], W
     return lambda step: Weights(beta(step), m.alpha, m.gamma, capacity(step))
 
 
-def validation_weights(cfg: DictConfig, steps_per_epoch: int, step: int) -> Weights:
+def validation_weights(cfg: DictConfig, total: int, step: int) -> Weights:
     """The weights validation reports with: the run's target beta (not its warm-up's value) and capacity's C at this step."""
-    return replace(weights_schedule(cfg, steps_per_epoch)(step), beta=cfg.model.beta)
+    return replace(weights_schedule(cfg, total)(step), beta=cfg.model.beta)
 
 
 def build_model(model_cfg: DictConfig, info: DatasetInfo, stats: tuple[float, float] = (0.5, 0.25)) -> VAE:
@@ -233,31 +241,41 @@ def build_model(model_cfg: DictConfig, info: DatasetInfo, stats: tuple[float, fl
 def _check_model_fits(make: Any, info: DatasetInfo) -> None:
     """Build the model without memory first (the meta device): its weights, gradients and Adam's two moments must fit."""
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in make().parameters())
+        model = make()
+    n_params = sum(p.numel() for p in model.parameters())
     needed, free = 4 * 4 * n_params, available_memory()
     if needed > free:
+        parts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.named_children()}
+        remedy = {
+            "prior": "use a smaller model.prior_components", "posterior": "use fewer model.flow_steps or a smaller model.flow_hidden",
+        }.get(max(parts, key=parts.get), "use a smaller dataset.image_size or model.hidden_dims, or model.arch=conv")
         raise UserError(
             f"the model for {info.channels}x{info.image_size}x{info.image_size} images has {n_params:,} parameters and would need "
-            f"{needed / 2**30:.1f} GiB for weights, gradients and optimizer state, but {free / 2**30:.1f} GiB is available; "
-            f"use a smaller dataset.image_size or model.hidden_dims, or model.arch=conv."
+            f"{needed / 2**30:.1f} GiB for weights, gradients and optimizer state, but {free / 2**30:.1f} GiB is available; {remedy}."
         )
 
 
-def _check_evaluation_fits(cfg: DictConfig, info: DatasetInfo, model: VAE) -> None:
-    """Refuse, before training, a batch of decodes that cannot fit: the NLL's `eval.nll_chunk` samples of a batch, or iwae's k per image in a step."""
+def _check_decoding_fits(cfg: DictConfig, info: DatasetInfo, model: VAE) -> None:
+    """Refuse, before training, a batch of decodes that cannot fit: the NLL's `eval.nll_chunk` samples of a batch, or iwae's k per image in a step.
+
+    A mixture prior adds its (samples x components) float64 distances, about four such matrices at once.
+    """
     if model.arch == "mlp":
         widths = sum(cfg.model.hidden_dims)
     else:  # each transposed convolution's output: channels x (side / 2^depth)^2
         widths = sum(c * (info.image_size // 2 ** (i + 1)) ** 2 for i, c in enumerate(cfg.model.conv_channels))
     # Per decoded image, in fp32: the repeated input, the decoder's output and the per-pixel loss, plus the hidden layers.
     outputs = 2 + model.likelihood.params_per_channel
-    per_image, free = 4 * (outputs * info.channels * info.image_size**2 + 2 * widths), available_memory()
+    components = cfg.model.prior_components if cfg.model.prior != "normal" else 0
+    per_image, free = 4 * (outputs * info.channels * info.image_size**2 + 2 * widths) + 4 * 8 * components, available_memory()
     batch = cfg.train.batch_size
     evaluation = min(cfg.eval.nll_chunk, cfg.eval.nll_samples) * batch
     if evaluation * per_image > free:
         raise UserError(
             f"eval.nll_chunk={cfg.eval.nll_chunk} decodes {evaluation:,} images at once (x train.batch_size={batch}), "
-            f"about {evaluation * per_image / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB is available; use a smaller eval.nll_chunk, e.g. 10."
+            f"about {evaluation * per_image / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB is available; "
+            + (f"use a smaller eval.nll_chunk or model.prior_components (now {components:,})." if components
+               else "use a smaller eval.nll_chunk, e.g. 10.")
         )
     training = (cfg.model.iwae_samples if cfg.model.objective == "iwae" else 1) * batch
     if 2 * training * per_image > free:  # twice: the backward pass keeps the activations

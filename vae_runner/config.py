@@ -21,8 +21,8 @@ from vae_runner import choices
 from vae_runner.choices import OBJECTIVES, POSTERIORS, PRIORS
 from vae_runner.errors import UserError
 
-ARCHS = ("auto", *choices.ARCHS)
-LIKELIHOODS = ("auto", *choices.LIKELIHOODS)
+ARCH_CHOICES = ("auto", *choices.ARCHS)
+LIKELIHOOD_CHOICES = ("auto", *choices.LIKELIHOODS)
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KL_SCHEDULES = ("linear", "cyclical")
@@ -211,14 +211,14 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"device={cfg.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps.")
     if not 0 <= cfg.seed <= MAX_SEED:
         raise UserError(f"seed={cfg.seed} is out of range; use an integer from 0 to 2**32 - 1 ({MAX_SEED}).")
-    _check_model(cfg.model)
+    _check_model(cfg.model, cfg.train.batch_size)
     _check_dataset(cfg.dataset)
     _check_train(cfg.train, cfg.optim, cfg.eval)
 
 
-def _check_model(m: DictConfig) -> None:
-    _choice("model.arch", m.arch, ARCHS)
-    _choice("model.likelihood", m.likelihood, LIKELIHOODS)
+def _check_model(m: DictConfig, batch_size: int) -> None:
+    _choice("model.arch", m.arch, ARCH_CHOICES)
+    _choice("model.likelihood", m.likelihood, LIKELIHOOD_CHOICES)
     _choice("model.posterior", m.posterior, POSTERIORS)
     _choice("model.prior", m.prior, PRIORS)
     _choice("model.objective", m.objective, OBJECTIVES)
@@ -230,7 +230,7 @@ def _check_model(m: DictConfig) -> None:
             raise UserError(f"model.{key}={m[key]} must be a finite number >= 0.")
     if m.capacity_steps is not None:
         _positive("model.capacity_steps", m.capacity_steps)
-    _check_combination(m)
+    _check_combination(m, batch_size)
     for key in ("hidden_dims", "conv_channels"):
         if not m[key]:
             raise UserError(f"model.{key}=[] is empty; list at least one layer width, e.g. model.{key}=[{','.join(map(str, getattr(ModelConfig(), key)))}].")
@@ -248,13 +248,18 @@ def _check_model(m: DictConfig) -> None:
         raise UserError(f"model.kl_warmup_steps={m.kl_warmup_steps} is negative; use 0 for no warm-up.")
 
 
-def _check_combination(m: DictConfig) -> None:
+def _check_combination(m: DictConfig, batch_size: int) -> None:
     """Refuse choices that do not go together, naming the keys."""
-    analytic = m.posterior == "gaussian" and m.prior == "normal"
+    analytic = choices.closed_form_kl(m.posterior, m.prior)
     if m.free_bits > 0 and not (analytic and m.objective == "elbo"):
         raise UserError(
             f"model.free_bits={m.free_bits} floors each latent dimension's closed-form KL, which needs model.objective=elbo, "
             f"model.posterior=gaussian and model.prior=normal (here {m.objective}, {m.posterior}, {m.prior}); set model.free_bits=0."
+        )
+    if m.objective == "beta_tc" and batch_size < 2:
+        raise UserError(
+            f"model.objective=beta_tc estimates q(z) from the other images of each batch, and train.batch_size={batch_size} has none; "
+            f"use a batch of at least 2 (the larger, the closer the estimate)."
         )
     if m.objective == "beta_tc" and not analytic:
         raise UserError(

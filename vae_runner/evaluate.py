@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vae_runner.atomic import write_json
-from vae_runner.build import Batches, Built, build, validation_weights
+from vae_runner.build import Batches, Built, build, planned_steps, validation_weights
 from vae_runner.checkpoint import load_checkpoint, load_model_state, seeded_rng
 from vae_runner.config import Config, validate
 from vae_runner.data import Split, corrupt, stratified_indices, stratified_subset, to_unit_float
@@ -59,7 +59,8 @@ def _labels(model: VAE, y: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def validation_terms(
-    model: VAE, batches: Batches, *, objective: Objective = Objective(), weights: Weights = Weights(), amp_dtype: Optional[torch.dtype] = None, seed: int = 0
+    model: VAE, batches: Batches, *, objective: Objective = Objective(), weights: Weights = Weights(),
+    amp_dtype: Optional[torch.dtype] = None, seed: int = 0,
 ) -> dict[str, float]:
     """Mean of each objective term over a whole split, in nats per image, with the given weights (the run's target beta).
 
@@ -67,6 +68,7 @@ def validation_terms(
     evaluation sees the same noise and training's random stream is untouched.
     """
     g = _generator(batches.device, seed)
+    objective = replace(objective, dataset_size=batches.num_samples)  # beta_tc's N: this split's images
     sums: dict[str, Tensor] = {}
     n = 0
     with evaluating(model), torch.autocast(batches.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -196,7 +198,8 @@ def latent_pictures(
     tracker: Tracker, model: VAE, examples: Examples, ranking: tuple[Tensor, str], mu: Tensor, labels: Optional[Tensor], step: int,
     class_names: Sequence[str] = (),
 ) -> None:
-    """Traversal (dimensions ranked by a (D,) score and its name), interpolation (pairs of the fixed examples; none with a single example), scatter, manifold and denoising."""
+    """Traversal (dimensions ranked by a (D,) score, named), interpolation (pairs of the fixed examples; none with a single one),
+    scatter, manifold and denoising."""
     y = examples.labels(model)
     traversal = traversal_figure(model, examples.x[:1], None if y is None else y[:1], ranking[0], score=ranking[1])
     tracker.image("latent/traversal", render(traversal), step)
@@ -382,12 +385,17 @@ def _denoising(model: VAE, batches: Batches, noise: str, level: float, tracker: 
     return {"test/psnr_recon": torch.cat(recon_psnr).mean().item(), "test/psnr_noisy": torch.cat(noisy_psnr).mean().item()}
 
 
-def final_report(built: Built, cfg: DictConfig, tracker: Tracker, step: int, val: Optional[dict[str, float]] = None) -> dict[str, float]:
-    """Validation terms and posterior statistics (unless given: the last epoch's), the test report, and the time it took (`test/seconds`)."""
+def final_report(
+    built: Built, cfg: DictConfig, tracker: Tracker, step: int, val: Optional[dict[str, float]] = None, schedule_steps: Optional[int] = None
+) -> dict[str, float]:
+    """Validation terms and posterior statistics (unless given: the last epoch's), the test report, and the time it took (`test/seconds`).
+
+    `schedule_steps` is the span of the run's schedules (its checkpoint's; the config's plan by default).
+    """
     start = time.perf_counter()
     model = built.model
     if val is None:
-        weights = validation_weights(cfg, built.steps_per_epoch, step)
+        weights = validation_weights(cfg, schedule_steps or planned_steps(cfg, built.steps_per_epoch), step)
         val = validation_terms(model, built.val, objective=built.objective, weights=weights, amp_dtype=built.amp_dtype, seed=cfg.seed)
         examples = fixed_examples(built.data.val, built.val, cfg.dataset.noise, cfg.dataset.noise_level, cfg.seed)
         val.update(posterior_report(model, built.val, tracker, step, examples, pictures=False))
@@ -438,7 +446,7 @@ def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, floa
         load_model_state(built.model, saved["model"], run.checkpoint)
         tracker = Tracker(run.tensorboard, pictures=run.pictures)
         try:
-            metrics = final_report(built, cfg, tracker, saved["step"])
+            metrics = final_report(built, cfg, tracker, saved["step"], schedule_steps=saved.get("schedule_steps"))
         finally:
             tracker.close()
         merged = {**previous, **metrics, **split_sizes(built)}

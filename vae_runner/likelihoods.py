@@ -66,12 +66,16 @@ class ContinuousBernoulli(Bernoulli):
 
     name = "continuous_bernoulli"
     discrete = False
+    # The density at x = 0 or 1 grows like |eta|: clamped there it stays <= 256, so no 8-bit bin
+    # gets a probability above 1 and bits/dim stay >= 0 (the Gaussian's floor on its scale, likewise).
+    MAX_LOGIT = 256.0
 
     def log_prob_pixels(self, logits: Tensor, x: Tensor) -> Tensor:
+        logits = logits.clamp(-self.MAX_LOGIT, self.MAX_LOGIT)
         return super().log_prob_pixels(logits, x) + log_normaliser(logits)
 
     def mean(self, logits: Tensor) -> Tensor:
-        eta = logits.float()
+        eta = logits.float().clamp(-self.MAX_LOGIT, self.MAX_LOGIT)
         near_half = eta.abs() < 1e-3
         safe = torch.where(near_half, torch.ones_like(eta), eta)
         exact = torch.sigmoid(safe) / torch.tanh(safe / 2) - 1 / safe

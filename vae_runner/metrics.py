@@ -48,7 +48,7 @@ def importance_log_likelihood(
 def summarise_bounds(per_image: dict[str, Tensor], num_dims: int, continuous: bool, mask: Optional[Tensor] = None) -> dict[str, float]:
     """Means over the images selected by `mask` (all by default), in nats per image: `nll` (= -mean IWAE log p(x)), `elbo`, `recon`, `kl`, and `bits_per_dim` of `nll`.
 
-    `elbo` is the analytic-KL ELBO with one z sample per image (see `per_image_bounds`),
+    `elbo` is the ELBO with the KL in closed form where it exists, one z sample per image (see `per_image_bounds`),
     not the K = 1 IWAE bound; both have the same expectation. When `per_image` has
     `nll_rows`, `nll` is the mean over those rows alone (`nll_images` of them), with
     `nll_se`, its standard error over images (sample standard deviation / sqrt(n),

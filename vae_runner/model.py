@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vae_runner.choices import closed_form_kl
 from vae_runner.gaussian import kl_to_standard_normal
 from vae_runner.likelihoods import make_likelihood
 from vae_runner.nets import build_nets
 from vae_runner.posteriors import Posterior
-from vae_runner.priors import NormalPrior, Prior, make_prior
+from vae_runner.priors import Prior, make_prior
 
 
 @dataclass
@@ -94,6 +95,7 @@ class VAE(nn.Module):
         )
         self.encoder, self.decoder = nets.encoder, nets.decoder
         self.posterior = Posterior(nets.features + num_classes, latent_dim, posterior, flow_steps, flow_hidden)
+        self.prior_kind = prior
         self.prior = make_prior(
             prior, latent_dim=latent_dim, components=prior_components, image_shape=(in_channels, image_size, image_size), num_classes=num_classes
         )
@@ -111,7 +113,7 @@ class VAE(nn.Module):
     @property
     def analytic_kl(self) -> bool:
         """Whether KL(q(z|x) || p(z)) has a closed form, per dimension: a Gaussian posterior and the standard-normal prior."""
-        return self.posterior.kind == "gaussian" and isinstance(self.prior, NormalPrior)
+        return closed_form_kl(self.posterior.kind, self.prior_kind)
 
     def _condition(self, h: Tensor, y: Optional[Tensor]) -> Tensor:
         if not self.num_classes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from vae_runner.choices import ARCHS
@@ -56,6 +57,19 @@ class Residual(nn.Module):
         return self.act(x + self.body(x))
 
 
+class FullPrecision(nn.Module):
+    """Run a layer in fp32 even under autocast: the decoder's output layer, whose bf16 rounding (2^-9 near 0.5)
+    would move a discretized logistic's mean by up to half an 8-bit bin."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.layer(x.float())
+
+
 class Crop(nn.Module):
     """Keep the top-left size x size pixels: undoes the encoder's padding."""
 
@@ -75,8 +89,8 @@ def build_nets(
         widths = [in_channels * image_size**2, *hidden_dims]
         encoder = nn.Sequential(nn.Flatten(), mlp(widths), nn.ReLU())
         decoder = nn.Sequential(
-            nn.Linear(inputs, widths[-1]), nn.ReLU(),
-            mlp([*widths[::-1][:-1], out_channels * image_size**2]), nn.Unflatten(1, (out_channels, image_size, image_size)),
+            *mlp([inputs, *hidden_dims[::-1]]), nn.ReLU(),
+            FullPrecision(nn.Linear(hidden_dims[0], out_channels * image_size**2)), nn.Unflatten(1, (out_channels, image_size, image_size)),
         )
         return Nets(encoder, widths[-1], decoder)
     if arch not in ARCHS:
@@ -92,6 +106,6 @@ def build_nets(
     ups = [nn.Sequential(Residual(a), up(a, b)) if residual else up(a, b) for a, b in zip(rev[:-2], rev[1:-1])]
     decoder = nn.Sequential(
         nn.Linear(inputs, rev[0] * side * side), nn.SiLU(), nn.Unflatten(1, (rev[0], side, side)),
-        *ups, nn.ConvTranspose2d(rev[-2], out_channels, 4, stride=2, padding=1), Crop(image_size),
+        *ups, FullPrecision(nn.ConvTranspose2d(rev[-2], out_channels, 4, stride=2, padding=1)), Crop(image_size),
     )
     return Nets(encoder, rev[0] * side * side, decoder)

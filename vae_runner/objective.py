@@ -104,10 +104,12 @@ def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, log_q: Tensor, log_p
     (N - 1) / (N (M - 1)), so the weights sum to one and a batch of the whole data
     set gives q(z) exactly. (Chen et al.'s minibatch-weighted sampling subtracts
     log(N M) instead, which moves each term's value by a constant but not its gradient.)
+    A batch of one image has no other to estimate q(z) from: its own posterior then stands for
+    q(z) (MI 0), rather than weighing 1/N, which would add log N to MI and (D - 1) log N to TC.
     """
     n, m = max(dataset_size, mu.shape[0]), mu.shape[0]
     log_qz_dims = normal_log_prob(z[:, None, :], mu[None, :, :], logvar[None, :, :])  # (M, M, D): q(z_i,d | x_j)
-    own, other = -math.log(n), (math.log(n - 1) - math.log(n) - math.log(m - 1)) if m > 1 else -math.inf
+    own, other = (-math.log(n), math.log(n - 1) - math.log(n) - math.log(m - 1)) if m > 1 else (0.0, -math.inf)
     log_w = torch.full((m, m), other, device=z.device)
     log_w.fill_diagonal_(own)
     log_qz = torch.logsumexp(log_qz_dims.sum(dim=2) + log_w, dim=1)  # (M,)

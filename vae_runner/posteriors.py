@@ -9,6 +9,7 @@ small numbers.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -87,14 +88,16 @@ class IAFStep(nn.Module):
     hidden layer unmasked. `order` sets which latent comes first; steps alternate it.
     """
 
-    def __init__(self, features: int, latent_dim: int, hidden: int, order: Tensor):
+    def __init__(self, features: int, latent_dim: int, hidden: int, order: Tensor, steps: int = 1):
         super().__init__()
         first, second, last = made_masks(order, hidden)
         self.inputs, self.context, self.hidden = MaskedLinear(first), nn.Linear(features, hidden), MaskedLinear(second)
         self.shift, self.gate = MaskedLinear(last), MaskedLinear(last)
         nn.init.zeros_(self.shift.weight)
         nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, 2.0)  # sigma = 0.88: each step starts close to the identity (their Sec. 4.1)
+        # The flow starts close to the identity (their Sec. 4.1: a gate bias of 1 or 2): 2 + log(steps) keeps
+        # the product of the K steps' sigmas near sigmoid(2) = 0.88 whatever K, not 0.88^K (0.002 for K = 50).
+        nn.init.constant_(self.gate.bias, 2.0 + math.log(steps))
 
     def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         hidden = F.elu(self.hidden(F.elu(self.inputs(z) + self.context(h))))
@@ -117,12 +120,13 @@ class Posterior(nn.Module):
             flow = [PlanarStep(features, latent_dim) for _ in range(steps)]
         elif kind == "iaf":
             order = torch.arange(latent_dim)
-            flow = [IAFStep(features, latent_dim, hidden, order if k % 2 == 0 else order.flip(0)) for k in range(steps)]
+            flow = [IAFStep(features, latent_dim, hidden, order if k % 2 == 0 else order.flip(0), steps) for k in range(steps)]
         self.flow = nn.ModuleList(flow)
 
     def gaussian(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """The base Gaussian's mean and log-variance, each (B, D)."""
-        mu, logvar = self.head(h).float().chunk(2, dim=-1)
+        """The base Gaussian's mean and log-variance, each (B, D), in fp32 (also under autocast: a VampPrior's components come from here)."""
+        with torch.autocast(h.device.type, enabled=False):
+            mu, logvar = self.head(h.float()).chunk(2, dim=-1)
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
     def forward(self, h: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -34,6 +34,10 @@ class StandardNormal:
         """n draws (n, D); `temperature` scales the standard deviation."""
         return torch.randn(n, self.latent_dim, generator=generator, device=device) * temperature
 
+    def to(self, device: torch.device) -> StandardNormal:
+        """Itself: it holds no tensors."""
+        return self
+
 
 @dataclass(repr=False)
 class DiagonalMixture:
@@ -45,6 +49,10 @@ class DiagonalMixture:
 
     def __repr__(self) -> str:
         return f"DiagonalMixture({self.means.shape[0]} components of {self.means.shape[1]} dimensions)"
+
+    def to(self, device: torch.device) -> DiagonalMixture:
+        """A copy on `device`, detached from the parameters it was computed from."""
+        return DiagonalMixture(*(t.detach().to(device) for t in (self.means, self.logvars, self.log_weights)))
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log p(z) for z (..., D): (...)."""

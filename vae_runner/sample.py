@@ -24,7 +24,8 @@ KEYS = ("n", "class", "temperature", "seed", "out", "device")
 
 USAGE = """usage: vae-sample RUN_DIR [n=64] [class=K] [temperature=1.0] [seed=0] [out=samples.png] [device=auto]
 
-Decode n latents z ~ N(0, temperature^2 I), drawn with the seed, through the decoder of
+Decode n latents drawn from the run's prior with the seed (the normal prior: z ~ N(0, temperature^2 I);
+a mixture prior: a component by its weight, its standard deviation times temperature), through the decoder of
 RUN_DIR/checkpoints/last.pt and write the mean images (a Bernoulli decoder's
 probabilities) as one PNG grid, ceil(sqrt(n)) to a row.
 A CVAE: class=K draws n images of class K; without class=, one row per class,

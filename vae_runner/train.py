@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vae_runner import distributed
 from vae_runner.atomic import write_json
-from vae_runner.build import Built, build, make_optimizer, resolve_device, validation_weights, weights_schedule
+from vae_runner.build import Built, build, make_optimizer, planned_steps, resolve_device, validation_weights, weights_schedule
 from vae_runner.checkpoint import environment, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from vae_runner.config import swept_keys
 from vae_runner.data import corrupt
@@ -45,6 +45,7 @@ class Progress:
     skipped_steps: int = 0
     last_finite_loss: float = math.nan
     last_finite_step: int = 0
+    schedule_steps: int = 0  # the steps beta's and capacity's schedules span: the first session's plan (0: not yet set)
 
 
 class Interrupted(BaseException):
@@ -160,7 +161,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Optional[Callable[[], None]]
                 distributed.barrier()
                 return {}
             stop.at_once = f"during the final evaluation; training is complete in {run.checkpoint}. Compute the metrics with: vae-eval {run.root}"
-            metrics = final_report(s.built, cfg, s.tracker, s.progress.step, last_val)
+            metrics = final_report(s.built, cfg, s.tracker, s.progress.step, last_val, s.progress.schedule_steps)
         finally:
             s.tracker.close()
     p = s.progress
@@ -186,6 +187,7 @@ def start(cfg: DictConfig, run: RunDir) -> Session:
     optimizer = make_optimizer(cfg.optim, model.parameters())
     scaler = torch.amp.GradScaler(built.device.type, enabled=built.precision == "fp16")
     progress = resume(run, model, optimizer, scaler)
+    progress.schedule_steps = progress.schedule_steps or planned_steps(cfg, built.steps_per_epoch)
     main = distributed.is_main()
     if main:
         write_json(run.environment, environment())
@@ -194,7 +196,8 @@ def start(cfg: DictConfig, run: RunDir) -> Session:
     log.info(
         "%s (%s, %s params; %s posterior, %s prior, %s likelihood, %s objective) on %s: %d train / %d val / %d test images of %dx%dx%d, "
         "device %s, precision %s",
-        m.name, model.arch, f"{n_params:,}", m.posterior, m.prior, model.likelihood.name, m.objective, built.data.info.name, built.train.num_samples, built.val.num_samples,
+        m.name, model.arch, f"{n_params:,}", m.posterior, m.prior, model.likelihood.name, m.objective,
+        built.data.info.name, built.train.num_samples, built.val.num_samples,
         built.test.num_samples, built.data.info.channels, built.data.info.image_size, built.data.info.image_size, built.device, built.precision,
     )
     # On resume, TensorBoard drops the events logged after the checkpoint: curves continue without duplicated points.
@@ -208,7 +211,7 @@ def start(cfg: DictConfig, run: RunDir) -> Session:
         cfg, run, built,
         trained=DistributedDataParallel(model) if distributed.world_size() > 1 else model,  # gradients averaged across ranks
         optimizer=optimizer, scaler=scaler, tracker=tracker, progress=progress,
-        weights_at=weights_schedule(cfg, built.steps_per_epoch),
+        weights_at=weights_schedule(cfg, progress.schedule_steps),
         examples=fixed_examples(built.data.val, built.val, d.noise, d.noise_level, cfg.seed),
     )
 
@@ -313,8 +316,8 @@ def record(s: Session, terms: Optional[dict[str, torch.Tensor]], n: int) -> None
         s.meter.note(f"loss {s.running_loss:.2f}")
     if p.step % t.log_every_steps == 0 or p.step == 1:
         logged = distributed.mean_over_ranks({k: v for k, v in terms.items() if k not in ("grad_norm", "elbo", "capacity")}, n)
-        weights = s.weights_at(p.step - 1)
-        scheduled = {"capacity": weights.capacity} if s.built.objective.name == "capacity" else {"beta": weights.beta}
+        weights, name = s.weights_at(p.step - 1), s.built.objective.name
+        scheduled = {"capacity": weights.capacity} if name == "capacity" else {"beta": weights.beta} if name in ("elbo", "beta_tc") else {}
         s.tracker.scalars("train", {**logged, "grad_norm": terms["grad_norm"], **scheduled}, p.step)
 
 
@@ -323,7 +326,7 @@ def end_epoch(s: Session, images: int, seconds: float, batches_done: int, stop: 
     p, t, m = s.progress, s.cfg.train, s.model
     val = None
     if distributed.is_main():  # the other ranks wait at the barrier
-        weights = validation_weights(s.cfg, s.built.steps_per_epoch, p.step)
+        weights = validation_weights(s.cfg, p.schedule_steps, p.step)
         val = validation_terms(m, s.built.val, objective=s.built.objective, weights=weights, amp_dtype=s.built.amp_dtype, seed=s.cfg.seed)
         s.tracker.scalars("val", val, p.step)
         pictures, kept = pictures_due(t, p.epoch, p.step)
