@@ -73,8 +73,11 @@ def test_load_run_gives_model_config_metrics_and_samples(vae_dir: Path) -> None:
     assert r.step == 20 and r.latent_dim == 20 and r.num_classes == 0  # a VAE is conditioned on no class
     assert r.class_names is not None and r.class_names[3] == "3 - three" and len(r.class_names) == 10
     assert r.metrics == json.loads((vae_dir / "metrics.json").read_text()) and r.metrics["val/loss"] < 784 * math.log(2)
-    mu, logvar = r.encode(torch.rand(5, 1, 28, 28))
+    x = torch.rand(5, 1, 28, 28)
+    mu, logvar = r.encode(x)
     assert mu.shape == logvar.shape == (5, 20)
+    assert torch.equal(r.code(x), mu)  # without a flow the latent code is mu
+    assert r.prior.log_prob(torch.zeros(20)).item() == pytest.approx(-10 * math.log(2 * math.pi))  # N(0, I) at 0
     one = r.reconstruct(torch.rand(1, 28, 28))  # one image without the batch axis
     assert one.shape == (1, 1, 28, 28)
     a, b, c = r.sample(16, seed=3), r.sample(16, seed=3), r.sample(16, seed=4)

@@ -44,6 +44,8 @@ CASES = [
     (["model.flow_steps=0"], "model.flow_steps=0 must be a positive"),
     (["model.gamma=-1"], "model.gamma=-1.0 must be a finite number >= 0"),
     (["model=iwae", "model.iwae_samples=1000000"], "model.iwae_samples=1000000 decodes 128,000,000 images in every training step"),
+    (["model=beta_tcvae", "train.batch_size=1"], "model.objective=beta_tc estimates q(z) from the other images of each batch, and train.batch_size=1 has none"),
+    (["model.prior=mog", "model.prior_components=1000000"], "use a smaller eval.nll_chunk or model.prior_components (now 1,000,000)"),
     (["dataset=image_folder"], "dataset=image_folder needs dataset.path"),
     (["dataset=image_folder", "dataset.path=/no/such/folder"], "dataset.path=/no/such/folder is not a folder"),
     (["hydra.run.dir=/etc/hostname/run"], "cannot create the output folder /etc/hostname/run: /etc/hostname is a file"),

@@ -728,3 +728,35 @@ def test_iwae_under_a_mixture_prior_converges_to_the_closed_form_log_px() -> Non
     ).double().view(repeats, 4)
     assert (single.mean(0) < exact - 0.5).all()
     assert (single.mean(0) < big - 0.5).all()
+
+
+# ---------------------------------------------------------------- edges an adversarial pass found
+
+
+def test_tc_with_a_batch_of_one_takes_its_own_posterior_for_q_z() -> None:
+    """One image has no other to estimate q(z) from: MI is 0 and the terms still add up to the sampled KL (not MI = log N)."""
+    g = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(1, 3, generator=g), torch.randn(1, 3, generator=g) * 0.3
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(1, 3, generator=g)
+    log_q = Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
+    log_p = Normal(0.0, 1.0).log_prob(z).sum(-1)
+    mi, tc, dim_kl = tc_decomposition(z, mu, logvar, log_q, log_p, dataset_size=60000)
+    assert mi.item() == pytest.approx(0.0, abs=1e-6) and tc.item() == pytest.approx(0.0, abs=1e-5)
+    assert (mi + tc + dim_kl).item() == pytest.approx((log_q - log_p).item(), abs=1e-5)
+
+
+def test_continuous_bernoulli_density_never_exceeds_256() -> None:
+    """At x = 0 or 1 the density grows like |logit|; the clamp at 256 keeps every 8-bit bin's probability <= 1 (bits/dim >= 0)."""
+    cb = ContinuousBernoulli()
+    logits = torch.tensor([-1e4, -300.0, -256.0, 300.0, 1e4])
+    x = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0])
+    density = cb.log_prob_pixels(logits, x).exp()
+    assert density.max().item() <= 256.0 + 1e-3 and density.min().item() > 255.0
+
+
+def test_a_deep_iaf_starts_close_to_the_identity() -> None:
+    """With K steps each gate starts at sigmoid(2 + log K): the product of the K sigmas stays near sigmoid(2) = 0.88, not 0.88^K."""
+    for steps in (1, 2, 50):
+        posterior = Posterior(features=4, latent_dim=3, kind="iaf", steps=steps, hidden=8)
+        product = math.prod(torch.sigmoid(step.gate.bias[0]).item() for step in posterior.flow)
+        assert product == pytest.approx(0.88, abs=0.01), steps

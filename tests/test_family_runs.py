@@ -104,3 +104,14 @@ def test_a_sweep_over_presets_is_compared_by_model(preset_sweep: dict[str, Path]
     proc = console_script("vae-compare", str(sweep), "--json", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(row["model"] for row in json.loads(out.read_text())) == sorted(PRESETS)
+
+
+def test_a_longer_resume_keeps_the_capacity_schedule_of_the_first_plan(mnist_root: Path, tmp_path: Path) -> None:
+    # C(t) rises to 25 nats over the 6 steps first planned; resuming for 10 must hold it there, not restart its ramp over 10.
+    run = tmp_path / "run"
+    first = vae_run(f"dataset.root={mnist_root}", "model=beta_vae_b", *SHORT[1:], "train.max_steps=6", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = vae_run(f"resume={run}", "train.max_steps=10", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    capacity = [round(v, 4) for _, v in read_scalars(run)["train/capacity"]]
+    assert capacity == [0.0, 4.1667, 8.3333, 12.5, 16.6667, 20.8333, 25.0, 25.0, 25.0, 25.0]  # C at steps 0..9 of the schedule

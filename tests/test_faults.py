@@ -18,7 +18,7 @@ import torch
 
 from tests.conftest import compose_config, read_scalars, vae_run, vae_run_background
 from vae_runner.atomic import OutputError, atomic_write
-from vae_runner.checkpoint import load_checkpoint, save_checkpoint
+from vae_runner.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from vae_runner.errors import UserError
 from vae_runner.model import VAE
 from vae_runner.train import StopSignals, train
@@ -198,3 +198,9 @@ def test_a_preemption_signal_is_handed_on_to_the_previous_handler_after_the_chec
         assert seen == [signal.SIGUSR2]  # ... then submitit requeues the job
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_weights_from_before_the_composable_model_are_refused_in_one_sentence(tmp_path: Path) -> None:
+    old = {"encoder.1.0.weight": torch.zeros(512, 784), "decoder_in.0.weight": torch.zeros(512, 20), "to_posterior.weight": torch.zeros(40, 512)}
+    with pytest.raises(UserError, match="saved by a vae-runner from before the composable model"):
+        load_model_state(VAE(in_channels=1, image_size=28), old, tmp_path / "last.pt")

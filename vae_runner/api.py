@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from vae_runner.build import build_model, resolve_device
-from vae_runner.checkpoint import load_checkpoint, load_model_state
+from vae_runner.checkpoint import check_layout, load_checkpoint, load_model_state
 from vae_runner.config import MAX_SEED, STAMP_ENV, Config, run_stamp
 from vae_runner.data import DatasetInfo
 from vae_runner.data.idx import FORMATS
@@ -235,6 +235,7 @@ def dataset_info(cfg: DictConfig, state: dict[str, Tensor], path: Path) -> Datas
     latent_dim + num_classes inputs.
     """
     d, m = cfg.dataset, cfg.model
+    check_layout(state, path)
     side = d.image_size or NATIVE_SIZE.get(d.name, 0)
     first = next((v for k, v in state.items() if k.startswith("encoder.") and k.endswith(".weight")), None)  # (C_out, C, 4, 4) or (W, C * side²)
     decoder_in = state.get("decoder.0.weight")

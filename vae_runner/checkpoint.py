@@ -81,8 +81,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def check_layout(state: dict[str, Any], path: Path) -> None:
+    """Refuse weights saved before the model was composed of parts (they have `to_posterior`), in one sentence."""
+    if "to_posterior.weight" in state:
+        raise UserError(
+            f"{path} was saved by a vae-runner from before the composable model (posterior, prior, likelihood), whose weights "
+            f"are laid out differently; train the run again (its .hydra/config.yaml holds its settings)."
+        )
+
+
 def load_model_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
     """Load weights, turning a shape mismatch into one sentence."""
+    check_layout(state, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
