@@ -132,6 +132,7 @@ def draw(data: PlotData, path: Path, title: str = "") -> None:
     ncols = min(3, panels)
     nrows = math.ceil(panels / ncols)
     fig = Figure(figsize=(4.8 * ncols, 4.2 * nrows), dpi=100, layout="constrained")
+    canvas = FigureCanvasAgg(fig)  # before drawing: the labels are placed by their measured size
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     _draw_rate_distortion(axes[0], data)
     for ax, series in zip(axes[1:], data.series):
@@ -140,23 +141,39 @@ def draw(data: PlotData, path: Path, title: str = "") -> None:
         ax.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=10)
-    canvas = FigureCanvasAgg(fig)
     atomic_write(path, canvas.print_png)
 
 
 def _draw_rate_distortion(ax: Axes, data: PlotData) -> None:
     """Each configuration at (KL, reconstruction), with its std over seeds as error bars, labelled."""
     right = max(p.x for p in data.points)
+    labels = []
     for point in data.points:
         ax.errorbar(point.x, point.y, xerr=point.xerr, yerr=point.yerr, fmt="o", color="C0", ecolor="C0", capsize=3)
         left_of = point.x == right and len(data.points) > 1  # the right-most label reads leftwards, inside the axes
-        ax.annotate(point.label, (point.x, point.y), textcoords="offset points", xytext=(-5 if left_of else 5, 5),
-                    ha="right" if left_of else "left", fontsize=8)
+        labels.append(ax.annotate(point.label, (point.x, point.y), textcoords="offset points", xytext=(-5 if left_of else 5, 5),
+                                  ha="right" if left_of else "left", fontsize=8))
     ax.margins(0.15)  # room for the labels beside the outermost points
+    _keep_apart(ax, labels)
     ax.set_xlabel(f"rate: {data.x_metric} (nats)")
     ax.set_ylabel(f"distortion: {data.y_metric} (nats)")
     ax.set_title("rate–distortion (mean ± std over seeds)", fontsize=10)
     ax.grid(True, alpha=0.3)
+
+
+def _keep_apart(ax: Axes, labels: list) -> None:
+    """Move a label that would overlap an earlier one below its point, then further down or up, until it stands clear."""
+    ax.figure.draw_without_rendering()  # settle the limits and the layout, so the boxes are where they will be drawn
+    renderer = ax.figure.canvas.get_renderer()
+    placed = []
+    for label in labels:
+        dx = label.xyann[0]
+        for dy in (5, -13, 16, -24, 27, -35):
+            label.xyann = (dx, dy)
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(label.get_window_extent(renderer))
 
 
 def _draw_series(ax: Axes, series: Series, key: str, log_x: bool) -> None:
