@@ -163,7 +163,7 @@ def _draw_rate_distortion(ax: Axes, data: PlotData) -> None:
 
 def _keep_apart(ax: Axes, labels: list) -> None:
     """Move a label that would overlap an earlier one below its point, then further down or up, until it stands clear."""
-    ax.figure.draw_without_rendering()  # settle the limits and the layout, so the boxes are where they will be drawn
+    ax.figure.canvas.draw()  # settle the limits and the layout, so the boxes are where they will be drawn
     renderer = ax.figure.canvas.get_renderer()
     placed = []
     for label in labels:
