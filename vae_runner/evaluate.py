@@ -31,6 +31,7 @@ from vae_runner.objective import Objective, Weights, kl_per_image, objective_ter
 from vae_runner.pictures import (
     anomaly_figure, class_samples_figure, denoising_figure, interpolation, manifold_figure, render, scatter_figure, traversal_figure,
 )
+from vae_runner.priors import Prior
 from vae_runner.progress import Meter
 from vae_runner.resume import EVALUATION_CHANGES
 from vae_runner.run_dir import RunDir, read_metrics
@@ -217,12 +218,11 @@ def latent_pictures(
 # ------------------------------------------------------------------ the final test report
 
 
-def _log_weights(model: VAE, x: Tensor, y: Optional[Tensor]) -> Callable[[Tensor], Tensor]:
+def _log_weights(model: VAE, x: Tensor, h: Tensor, y: Optional[Tensor], prior: Prior) -> Callable[[Tensor], Tensor]:
     """log p(x|z) + log p(z) - log q(z|x) as a function of the posterior's noise eps (S, B, D) -> (S, B), for these images.
 
-    The encoder and the prior (a VampPrior encodes its pseudo-inputs) run once, not once per chunk of samples.
+    The encoder's features h and the prior (a VampPrior encodes its pseudo-inputs) come computed once, not once per chunk of samples.
     """
-    h, prior = model.features(x, y), model.prior_distribution()
 
     def log_w(eps: Tensor) -> Tensor:
         out = model.draw(h, y, eps, prior)
@@ -231,9 +231,9 @@ def _log_weights(model: VAE, x: Tensor, y: Optional[Tensor]) -> Callable[[Tensor
     return log_w
 
 
-def _elbo(model: VAE, x: Tensor, y: Optional[Tensor], eps: Tensor) -> tuple[Tensor, Tensor]:
+def _elbo(model: VAE, x: Tensor, h: Tensor, y: Optional[Tensor], eps: Tensor, prior: Prior) -> tuple[Tensor, Tensor]:
     """Per-image reconstruction term (one z drawn with the noise eps (B, D)) and KL (closed form, or from that z), each (B,)."""
-    out: VAEOutput = model(x, y, eps=eps)
+    out: VAEOutput = model.draw(h, y, eps[None], prior)
     return -sample_log_likelihood(model.likelihood, x, out)[0], kl_per_image(out)
 
 
@@ -259,12 +259,13 @@ def per_image_bounds(
     with evaluating(model), meter:
         for x, y in batches.epoch(0):
             yc = _labels(model, y)
+            h, prior = model.features(x, yc), model.prior_distribution()
             picked = nll_rows[meter.done : meter.done + x.shape[0]].to(x.device)
             log_px = torch.full((x.shape[0],), math.nan, device=x.device)
             if picked.any():
-                log_w = _log_weights(model, x[picked], None if yc is None else yc[picked])
+                log_w = _log_weights(model, x[picked], h[picked], None if yc is None else yc[picked], prior)
                 log_px[picked] = importance_log_likelihood(log_w, (int(picked.sum()), model.latent_dim), k, chunk, g_nll, x.device)
-            recon, kl = _elbo(model, x, yc, torch.randn(x.shape[0], model.latent_dim, generator=g_elbo, device=x.device))
+            recon, kl = _elbo(model, x, h, yc, torch.randn(x.shape[0], model.latent_dim, generator=g_elbo, device=x.device), prior)
             for name, value in (("log_px", log_px), ("elbo", -(recon + kl)), ("recon", recon), ("kl", kl)):
                 out[name].append(value.float().cpu())
             if y is not None:
@@ -319,11 +320,13 @@ def label_free_elbo(model: VAE, batches: Batches, classes: Sequence[int], seed: 
     g = _generator(batches.device, seed + ELBO_STREAM)
     scores = []
     with evaluating(model):
+        prior = model.prior_distribution()  # the same for every batch and class
         for x, _ in batches.epoch(0):
             eps = torch.randn(x.shape[0], model.latent_dim, generator=g, device=x.device)
             elbos = []
             for c in classes:
-                recon, kl = _elbo(model, x, torch.full((x.shape[0],), c, device=x.device, dtype=torch.long), eps)
+                y = torch.full((x.shape[0],), c, device=x.device, dtype=torch.long)
+                recon, kl = _elbo(model, x, model.features(x, y), y, eps, prior)
                 elbos.append(-(recon + kl))
             scores.append((torch.logsumexp(torch.stack(elbos), dim=0) - math.log(len(classes))).float().cpu())
     return torch.cat(scores)
