@@ -127,11 +127,9 @@ def run(cfg: DictConfig) -> float:
             return metrics.get("val/loss", math.nan)
         safe_streams()  # a launcher's worker process too
         _announce_job()
-        if distributed.world_size() > 1:
-            if not distributed.is_main():  # one voice on the terminal and in the log: rank 0's
-                logging.getLogger().setLevel(logging.WARNING)
-        else:
-            _share_cores(HydraConfig.get().launcher)
+        if distributed.world_size() > 1 and not distributed.is_main():  # one voice on the terminal and in the log: rank 0's
+            logging.getLogger().setLevel(logging.WARNING)
+        set_threads(cfg.threads, HydraConfig.get().launcher)
         # A sweep's jobs lock their own folders; a single run's lock was taken in `main`.
         locked = _held_lock is None and distributed.is_main()
         with RunLock(run_dir.lock, str(run_dir.root)) if locked else nullcontext():
@@ -212,16 +210,27 @@ def _undo(run_dir: RunDir) -> None:
 hydra_run = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(run)
 
 
-def _share_cores(launcher: DictConfig) -> None:
-    """Jobs running side by side share the machine's cores: torch threads per job = cores // parallel jobs."""
+def set_threads(setting: object, launcher: DictConfig) -> int:
+    """Set torch's CPU threads from `threads` (a number, or `auto`); returns the count.
+
+    `auto` is the cores this process may use (its CPU affinity, which taskset and
+    cgroups narrow), shared among the jobs running side by side: joblib's n_jobs,
+    torchrun's processes on this machine; under submitit, the job's cpus_per_task.
+    """
     import torch
 
-    cores = os.cpu_count() or 1
-    if "n_jobs" in launcher:  # joblib: -1 means one job per core
-        jobs = cores if launcher.n_jobs < 0 else launcher.n_jobs
-        torch.set_num_threads(max(1, cores // max(1, jobs)))
-    elif launcher.get("cpus_per_task"):  # submitit: the cores the job was given
-        torch.set_num_threads(int(launcher.cpus_per_task))
+    from vae_runner import distributed
+
+    if setting != "auto":
+        threads = int(setting)  # type: ignore[call-overload]
+    elif launcher.get("cpus_per_task"):
+        threads = int(launcher.cpus_per_task)
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        jobs = (cores if launcher.n_jobs < 0 else launcher.n_jobs) if "n_jobs" in launcher else 1  # joblib: -1 is one per core
+        threads = max(1, cores // max(1, jobs) // distributed.local_world_size())
+    torch.set_num_threads(threads)
+    return threads
 
 
 # ------------------------------------------------------------------ before Hydra runs

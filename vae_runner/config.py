@@ -134,6 +134,9 @@ class Config:
     device: str = "auto"
     precision: str = "auto"
     seed: int = 0
+    # torch's CPU threads: a number, or `auto` (the cores this process may use, shared among the jobs a
+    # launcher runs side by side: joblib's n_jobs, submitit's cpus_per_task, torchrun's local processes).
+    threads: Any = "auto"
 
 
 def config_dir() -> str:
@@ -209,6 +212,8 @@ def validate(cfg: DictConfig) -> None:
     _choice("precision", cfg.precision, PRECISIONS)
     if not DEVICE_PATTERN.match(str(cfg.device)):
         raise UserError(f"device={cfg.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps.")
+    if cfg.threads != "auto" and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads < 1):
+        raise UserError(f"threads={cfg.threads!r} is not a thread count; use a positive integer or auto (the cores this process may use).")
     if not 0 <= cfg.seed <= MAX_SEED:
         raise UserError(f"seed={cfg.seed} is out of range; use an integer from 0 to 2**32 - 1 ({MAX_SEED}).")
     _check_model(cfg.model, cfg.train.batch_size)

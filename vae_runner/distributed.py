@@ -27,9 +27,11 @@ def init() -> None:
     stamp = [run_stamp() if rank() == 0 else None]
     dist.broadcast_object_list(stamp, src=0)
     os.environ[STAMP_ENV] = stamp[0]
-    # The ranks share the machine's cores.
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+
+
+def local_world_size() -> int:
+    """The processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE), which share its cores; 1 outside torchrun."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())))
 
 
 def leave() -> None:
