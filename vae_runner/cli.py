@@ -8,7 +8,7 @@ import math
 import os
 import shutil
 import sys
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Iterator, NoReturn, Optional
 
@@ -85,9 +85,12 @@ def _shown(name: str, value: float, se: Optional[float]) -> str:
     return f"{value:,.3f}" + (f" {plus_minus()} {se:.3f}" if se is not None else "")
 
 
+_SUMMARY = logging.LogRecord("vae_runner", logging.INFO, __file__, 0, "summary", None, None)  # asks a log file's filters whether it takes the summary
+
+
 def _append_to_log_files(table: Table, lines: list[str]) -> None:
     """The summary, as plain text, at the end of the log file (`vae-run.log`), as the terminal shows it."""
-    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler) and all(f.filter(_SUMMARY) for f in h.filters)]
     if not files:
         return
     plain = Console(file=io.StringIO(), width=100, color_system=None)
@@ -144,6 +147,67 @@ def run(cfg: DictConfig) -> float:
         return math.nan
     print_summary(metrics, run_dir.root)
     return metrics["val/loss"]
+
+
+def run_members(cfgs: list[DictConfig], dirs: list[Path], vectorize: object) -> list[float]:
+    """The jobs of a stacked sweep (`hydra/launcher=stacked`), trained together in this process; returns each one's final `val/loss`."""
+    from vae_runner.stacked import check_stackable, member_logs, speaking, train_members
+    from vae_runner.train import Interrupted
+
+    runs = [RunDir(d) for d in dirs]
+    values = [math.nan] * len(runs)
+    todo = []
+    for i, run_dir in enumerate(runs):
+        if os.environ.get(RESUME_ENV) and run_dir.metrics.is_file():
+            values[i] = read_metrics(run_dir.metrics).get("val/loss", math.nan)
+            log.info("%s finished earlier (val/loss %.3f); skipping it", run_dir.root, values[i])
+        else:
+            todo.append(i)
+    if not todo:
+        return values
+    cfgs, runs = [cfgs[i] for i in todo], [runs[i] for i in todo]
+    started = False
+    with member_logs(runs):
+        try:
+            for cfg in cfgs:
+                validate(cfg)
+            check_stackable(cfgs)
+            set_threads(cfgs[0].threads, HydraConfig.get().launcher)
+            print_config(cfgs[0])
+            with ExitStack() as locks:
+                for run_dir in runs:
+                    locks.enter_context(RunLock(run_dir.lock, str(run_dir.root)))
+                started = True
+                metrics, failed = train_members(cfgs, runs, vectorized(vectorize, cfgs[0]))
+        except (UserError, Interrupted) as err:
+            if not started:
+                for run_dir in runs:
+                    _undo(run_dir)
+            fail(str(err), getattr(err, "exit_code", EXIT_USER_ERROR))
+        for member, (i, run_dir, result) in enumerate(zip(todo, runs, metrics)):
+            if result is not None:
+                with speaking(member):
+                    print_summary(result, run_dir.root)
+                values[i] = result["val/loss"]
+    if failed:
+        index, err = next(iter(failed.items()))
+        fail(f"{runs[index].root.name}: {err} The other jobs finished.", 1)
+    return values
+
+
+def vectorized(setting: object, cfg: DictConfig) -> bool:
+    """Whether a stacked sweep takes its steps as one vmap over the stack: `auto` on CUDA (not with fp16's loss scaling)."""
+    from vae_runner.build import resolve_device, resolve_precision
+
+    device = resolve_device(cfg.device)
+    fp16 = resolve_precision(cfg.precision, device) == "fp16"
+    if setting == "auto":
+        return device.type == "cuda" and not fp16
+    if setting is True and fp16:
+        raise UserError("hydra.launcher.vectorize=true cannot scale fp16 losses per member; use precision=bf16 or fp32, or hydra.launcher.vectorize=false.")
+    if not isinstance(setting, bool):
+        raise UserError(f"hydra.launcher.vectorize={setting!r} is not a choice; use auto, true or false.")
+    return setting
 
 
 def _announce_job() -> None:
@@ -264,9 +328,15 @@ def preflight(argv: list[str]) -> tuple[Optional[Path], bool]:
     cfg = _checked(args.config_name, fixed, first)
     if args.multirun:
         os.environ[JOBS_ENV] = str(_job_count(cfg, swept))
+    variants = [cfg]
     for key, values in swept.items():
         for value in values[1:]:
-            _checked(args.config_name, fixed, {**first, key: value})
+            variants.append(_checked(args.config_name, fixed, {**first, key: value}))
+    if args.multirun and str(cfg.hydra.launcher.get("_target_", "")).endswith(".StackedLauncher"):
+        from vae_runner.stacked import check_stackable
+
+        check_stackable(variants)
+        vectorized(cfg.hydra.launcher.get("vectorize", "auto"), cfg)
     # Normalised (`runs/x/../b` is `runs/b`), as Hydra will name it.
     out = Path(os.path.abspath(cfg.hydra.sweep.dir if args.multirun else cfg.hydra.run.dir))
     _check_writable(out, "hydra.sweep.dir" if args.multirun else "hydra.run.dir")

@@ -30,7 +30,8 @@ def expand_resume(argv: list[str]) -> list[str]:
     """`resume=<run_dir>` becomes that run's saved overrides plus `hydra.run.dir=<run_dir>` (later overrides win).
 
     In a multirun, `resume=true` points the sweep at the latest earlier sweep with
-    the same overrides: finished jobs are skipped, unfinished ones resume.
+    the same overrides (or at the `hydra.sweep.dir` given): finished jobs are skipped,
+    unfinished ones resume.
     """
     resume = [a for a in argv if a.split("=", 1)[0].lstrip("+") == "resume"]
     if not resume:
@@ -41,6 +42,8 @@ def expand_resume(argv: list[str]) -> list[str]:
         if not {"-m", "--multirun"} & set(argv):
             raise UserError("resume=true resumes a sweep: add -m, or pass resume=<run_dir> to resume one run.")
         os.environ[RESUME_ENV] = "1"
+        if any(a.startswith("hydra.sweep.dir=") for a in rest):  # the sweep's folder, named
+            return rest
         return [*rest, f"hydra.sweep.dir={_previous_sweep(rest)}"]
     run = RunDir(Path(value).expanduser())
     if not run.overrides.is_file():

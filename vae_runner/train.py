@@ -161,9 +161,16 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Optional[Callable[[], None]]
                 distributed.barrier()
                 return {}
             stop.at_once = f"during the final evaluation; training is complete in {run.checkpoint}. Compute the metrics with: vae-eval {run.root}"
-            metrics = final_report(s.built, cfg, s.tracker, s.progress.step, last_val, s.progress.schedule_steps)
+            metrics = finish(s, last_val, loop_seconds)
         finally:
             s.tracker.close()
+    distributed.barrier()
+    return metrics
+
+
+def finish(s: Session, last_val: Optional[dict[str, float]], loop_seconds: float) -> dict[str, float]:
+    """The final evaluation and the training's own figures, written to the run's metrics.json; returns them."""
+    metrics = final_report(s.built, s.cfg, s.tracker, s.progress.step, last_val, s.progress.schedule_steps)
     p = s.progress
     metrics.update(
         {
@@ -175,14 +182,13 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Optional[Callable[[], None]]
             **split_sizes(s.built),
         }
     )
-    write_json(run.metrics, metrics)
-    distributed.barrier()
+    write_json(s.run.metrics, metrics)
     return metrics
 
 
-def start(cfg: DictConfig, run: RunDir) -> Session:
-    """Build the run, resume from its checkpoint if there is one, and open TensorBoard."""
-    built = build(cfg, device=distributed.device_for_rank(resolve_device(cfg.device)))
+def start(cfg: DictConfig, run: RunDir, built: Optional[Built] = None) -> Session:
+    """Build the run (or take `built`), resume from its checkpoint if there is one, and open TensorBoard."""
+    built = built or build(cfg, device=distributed.device_for_rank(resolve_device(cfg.device)))
     model = built.model
     optimizer = make_optimizer(cfg.optim, model.parameters())
     scaler = torch.amp.GradScaler(built.device.type, enabled=built.precision == "fp16")
@@ -233,14 +239,17 @@ def resume(run: RunDir, model: VAE, optimizer: torch.optim.Optimizer, scaler: to
 def save(s: Session, batches_done: int) -> None:
     """Checkpoint everything needed to continue from here, exactly (rank 0 writes it)."""
     s.progress.batches_done = batches_done
-    if not distributed.is_main():
-        return
-    state = {
+    if distributed.is_main():
+        save_checkpoint(s.run.checkpoint, checkpoint_state(s), s.model)
+
+
+def checkpoint_state(s: Session) -> dict[str, Any]:
+    """Everything a checkpoint holds: weights, optimizer, scaler, config, random state and progress."""
+    return {
         "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
         "config": OmegaConf.to_container(s.cfg, resolve=True), "rng": rng_state(),
         **asdict(s.progress), "seconds": s.loop_seconds(),
     }
-    save_checkpoint(s.run.checkpoint, state, s.model)
 
 
 def run_epoch(s: Session, stop: StopSignals) -> tuple[int, float, int]:
@@ -323,29 +332,40 @@ def record(s: Session, terms: Optional[dict[str, torch.Tensor]], n: int) -> None
 
 def end_epoch(s: Session, images: int, seconds: float, batches_done: int, stop: StopSignals) -> Optional[dict[str, float]]:
     """Validate and draw (rank 0), move to the next epoch when this one is complete, checkpoint; returns the validation."""
-    p, t, m = s.progress, s.cfg.train, s.model
-    val = None
-    if distributed.is_main():  # the other ranks wait at the barrier
-        weights = validation_weights(s.cfg, p.schedule_steps, p.step)
-        val = validation_terms(m, s.built.val, objective=s.built.objective, weights=weights, amp_dtype=s.built.amp_dtype, seed=s.cfg.seed)
-        s.tracker.scalars("val", val, p.step)
-        pictures, kept = pictures_due(t, p.epoch, p.step)
-        names = s.built.data.info.class_names
-        with s.tracker.copies_in(epoch_folder(p.epoch, t.epochs) if kept else None):
-            if pictures:
-                sample_pictures(s.tracker, m, s.examples, p.step, s.cfg.seed, names)
-            val.update(posterior_report(m, s.built.val, s.tracker, p.step, s.examples, pictures, names))
-        log.info(
-            "epoch %d/%d  step %d  train/loss %.2f  val/loss %.2f (recon %.2f, kl %.2f)  %s img/s",
-            p.epoch, t.epochs, p.step, p.last_finite_loss, val["loss"], val["recon"], val["kl"], f"{images / max(seconds, 1e-9):,.0f}",
-        )
+    val = report_epoch(s, images, seconds)
     distributed.barrier()
-    if batches_done >= s.built.steps_per_epoch:  # the epoch is complete (not cut short by max_steps)
-        p.epoch, batches_done = p.epoch + 1, 0
-    save(s, batches_done)
+    save(s, advance(s, batches_done))
     if distributed.any_rank(stop.signum is not None):
         _stop_after_checkpoint(s, stop)
     return val
+
+
+def report_epoch(s: Session, images: int, seconds: float) -> Optional[dict[str, float]]:
+    """On rank 0: the validation terms, the posterior report and the epoch's pictures, logged; returns the validation."""
+    if not distributed.is_main():  # the other ranks wait at the barrier
+        return None
+    p, t, m = s.progress, s.cfg.train, s.model
+    weights = validation_weights(s.cfg, p.schedule_steps, p.step)
+    val = validation_terms(m, s.built.val, objective=s.built.objective, weights=weights, amp_dtype=s.built.amp_dtype, seed=s.cfg.seed)
+    s.tracker.scalars("val", val, p.step)
+    pictures, kept = pictures_due(t, p.epoch, p.step)
+    names = s.built.data.info.class_names
+    with s.tracker.copies_in(epoch_folder(p.epoch, t.epochs) if kept else None):
+        if pictures:
+            sample_pictures(s.tracker, m, s.examples, p.step, s.cfg.seed, names)
+        val.update(posterior_report(m, s.built.val, s.tracker, p.step, s.examples, pictures, names))
+    log.info(
+        "epoch %d/%d  step %d  train/loss %.2f  val/loss %.2f (recon %.2f, kl %.2f)  %s img/s",
+        p.epoch, t.epochs, p.step, p.last_finite_loss, val["loss"], val["recon"], val["kl"], f"{images / max(seconds, 1e-9):,.0f}",
+    )
+    return val
+
+
+def advance(s: Session, batches_done: int) -> int:
+    """Move to the next epoch when this one is complete (not cut short by max_steps); returns the batches done of the epoch in progress."""
+    if batches_done >= s.built.steps_per_epoch:
+        s.progress.epoch, batches_done = s.progress.epoch + 1, 0
+    return batches_done
 
 
 def pictures_due(t: DictConfig, epoch: int, step: int) -> tuple[bool, bool]:
@@ -417,6 +437,16 @@ def train_step(
     terms = objective_terms(x if target is None else target, out, module.likelihood, objective, weights, kl_batch_mean)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(terms["loss"] * weight if weight != 1.0 else terms["loss"]).backward()
+    return apply_gradients(module, optimizer, scaler, terms, grad_clip)
+
+
+def apply_gradients(
+    module: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, terms: dict[str, torch.Tensor], grad_clip: Optional[float]
+) -> Optional[dict[str, torch.Tensor]]:
+    """Unscale, measure and clip the gradients backward left in `module`, and step unless the loss or the gradient is not finite.
+
+    Returns the detached terms with the gradient norm, or None for a skipped step (the parameters untouched).
+    """
     scaler.unscale_(optimizer)  # true gradients for the norm and the clipping (a no-op without fp16)
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
     if grad_clip:
