@@ -30,7 +30,7 @@ test-fresh: $(STAMP) ## the suite as on a fresh clone: ../shared/data hidden, sm
 test-slow: $(STAMP) ## run only the long end-to-end tests
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-bench: $(STAMP) ## measure training throughput against a DataLoader baseline
+bench: $(STAMP) ## whole-process CPU time of vae-run against the conventional PyTorch-example recipe, 1 and 10 epochs
 	$(PY) benchmarks/throughput.py
 
 clean: ## remove the virtual environment and build leftovers (keeps outputs/)

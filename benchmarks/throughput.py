@@ -1,29 +1,57 @@
-"""Training throughput: the project's device-resident batches against a torchvision DataLoader, on MNIST.
+"""Whole-process cost on MNIST: `vae-run` against the conventional recipe, CPU seconds and wall time.
 
-Both paths train the default `vae-run` model (same architecture, seed, batch size
-and epochs) with the same `train_step`, in one process; only the input pipeline
-differs. Both models are then scored on the same test batches. It measures and
-prints; it never fails on a timing.
+The conventional recipe is PyTorch's example VAE (benchmarks/recipe_vae.py: torchvision's
+MNIST through a DataLoader of 128, the same 784-512-20 model with a Bernoulli likelihood,
+Adam at 1e-3, then the test ELBO). Each side runs as its own process on the CPU with the
+same number of torch threads and is timed from launch to exit, so imports, data loading,
+evaluation, checkpoints and logs all count: CPU seconds are the user + system time of
+the process and of the children it waited for. `vae-run train.max_steps=1` is timed
+too: what a run costs beyond its training steps, vae-run's fixed cost.
 
-    .venv/bin/python benchmarks/throughput.py --epochs 2 --json throughput.json
+Runs alternate (the fixed-cost run, then recipe and vae-run for each epoch count, round
+after round), so a burst of load from another process lands on both sides alike; each
+figure is the median over --repeats rounds. It measures and prints; it never fails on a
+timing.
+
+    .venv/bin/python benchmarks/throughput.py --epochs 1,10 --repeats 3 --threads 1 --json throughput.json
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Optional
 
-import torch
-from torch import Tensor
+from rich.console import Console
+from rich.table import Table
 
-from vae_runner.model import VAE
+RECIPE = Path(__file__).resolve().parent / "recipe_vae.py"
+TARGETS = "targets: 1 epoch: vae-run's whole process costs less CPU time than the recipe's; 10 epochs: >= 3x faster"
+FIXED_TARGET = "<= 8 CPU-s"
+FIXED_OVERRIDES = ("train.max_steps=1",)
 
-TARGET = "target on a 2-core CPU: ratio >= 3.5 at batch 128, test losses within 1 nat"
-WARMUP_STEPS = 20
+
+class RunFailed(Exception):
+    """A timed process exited with an error; the message names the command and its last error line."""
+
+
+@dataclass
+class Sample:
+    """One timed process: CPU seconds (user + sys), wall seconds and the test loss it reported."""
+
+    cpu_s: float
+    wall_s: float
+    loss: float
 
 
 def default_root() -> str:
@@ -32,164 +60,162 @@ def default_root() -> str:
     return str(shared) if shared.is_dir() else "data"
 
 
+def epoch_counts(text: str) -> list[int]:
+    """`1,10` as [1, 10]; each a positive whole number."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive epoch counts, e.g. 1,10")
+    return sorted(set(counts))
+
+
+def positive(text: str) -> int:
+    """A whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """The benchmark's flags."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=default_root(), help="folder holding MNIST/raw/ (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=2, help="timed training epochs per path (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per batch (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    parser.add_argument("--num-workers", type=int, default=0, help="the baseline DataLoader's workers (default: %(default)s)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--epochs", type=epoch_counts, default=[1, 10], help="epoch counts to compare, comma-separated (default: 1,10)")
+    parser.add_argument("--repeats", type=positive, default=3, help="timed runs of each side per epoch count (default: %(default)s)")
+    parser.add_argument("--threads", type=positive, default=1, help="torch's CPU threads on both sides (default: %(default)s)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     return parser.parse_args(argv)
 
 
-def compose_config(batch_size: int, epochs: int, device: str) -> Any:
-    """The config `vae-run` would build with no arguments, plus this benchmark's batch size, epochs and device."""
-    from hydra import compose, initialize_config_dir
-
-    from vae_runner.config import config_dir, register_configs, validate
-
-    register_configs()
-    overrides = [f"train.batch_size={batch_size}", f"train.epochs={epochs}", f"device={device}"]
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    validate(cfg)
-    return cfg
+def children_cpu_s() -> float:
+    """User + system seconds of this process's children that have been waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-def fresh_model(cfg: Any, info: Any, device: torch.device) -> tuple[VAE, torch.optim.Optimizer, torch.amp.GradScaler]:
-    """A newly initialised model, its optimizer and a disabled scaler; re-seeded so every call gives the same weights."""
-    from vae_runner.build import build_model, make_optimizer
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, info).to(device)
-    optimizer = make_optimizer(cfg.optim, model.parameters())
-    # Both paths run in fp32 (train_step's default), where loss scaling does nothing; on the CPU it is not available.
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    return model, optimizer, scaler
-
-
-def baseline_batches(loader: torch.utils.data.DataLoader, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """The conventional loop: float batches from the DataLoader, copied to the device one by one."""
-    for x, y in loader:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+def timed(cmd: list[str]) -> tuple[float, float, str]:
+    """Run `cmd` to its end; (CPU seconds, wall seconds, stdout). One child at a time, so the usage delta is its own."""
+    cpu_before, start = children_cpu_s(), time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    wall_s, cpu_s = time.perf_counter() - start, children_cpu_s() - cpu_before
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise RunFailed(f"`{' '.join(cmd)}` exited with {proc.returncode}: {last}")
+    return cpu_s, wall_s, proc.stdout
 
 
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work so a clock reading covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def run_recipe(root: str, epochs: int, threads: int) -> Sample:
+    """The conventional recipe for `epochs` epochs, with the mean test loss it prints."""
+    cmd = [sys.executable, str(RECIPE), f"--root={root}", f"--epochs={epochs}", f"--threads={threads}"]
+    cpu_s, wall_s, stdout = timed(cmd)
+    found = re.search(r"Test set loss: ([\d.]+)", stdout)
+    if found is None:
+        raise RunFailed(f"`{' '.join(cmd)}` printed no test loss.")
+    return Sample(cpu_s, wall_s, float(found.group(1)))
 
 
-def run_epoch(model: VAE, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batches: Iterable[tuple[Tensor, Optional[Tensor]]], device: torch.device) -> tuple[int, float]:
-    """Train over `batches`; returns (images, seconds), the clock stopped only after the device has finished."""
-    from vae_runner.train import train_step
+def run_vae(root: str, threads: int, overrides: tuple[str, ...]) -> Sample:
+    """`vae-run` on the CPU in a throwaway run directory, with the test/nll of its metrics.json."""
+    vae_run = Path(sys.executable).parent / "vae-run"
+    with tempfile.TemporaryDirectory(prefix="vae-bench-") as tmp:
+        run_dir = Path(tmp) / "run"
+        cmd = [str(vae_run), *overrides, f"threads={threads}", "device=cpu", f"dataset.root={root}", f"hydra.run.dir={run_dir}"]
+        cpu_s, wall_s, _ = timed(cmd)
+        metrics_file = run_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    if "test/nll" not in metrics:
+        raise RunFailed(f"`{' '.join(cmd)}` finished without a test/nll in its metrics.json.")
+    return Sample(cpu_s, wall_s, metrics["test/nll"])
 
-    sync(device)
-    start, images = time.perf_counter(), 0
-    for x, y in batches:
-        train_step(model, optimizer, scaler, x, y)
-        images += x.shape[0]
-    sync(device)
-    return images, time.perf_counter() - start
+
+def medians(samples: list[Sample]) -> dict[str, float]:
+    """The median CPU seconds, wall seconds and test loss over the samples."""
+    return {key: statistics.median(getattr(s, key) for s in samples) for key in ("cpu_s", "wall_s", "loss")}
 
 
-def write_report(results: dict[str, Any]) -> None:
-    """Print the two paths side by side, the ratio, the loss gap and the target."""
-    from rich.console import Console
-    from rich.table import Table
+def measure(args: argparse.Namespace, console: Console) -> dict[str, list[Sample]]:
+    """All timed runs, alternating sides round after round; keyed `fixed`, `recipe/<N>`, `vae-run/<N>`."""
+    runs: dict[str, list[Sample]] = {}
+    jobs = [("fixed", lambda: run_vae(args.root, args.threads, FIXED_OVERRIDES))]
+    for n in args.epochs:
+        jobs.append((f"recipe/{n}", lambda n=n: run_recipe(args.root, n, args.threads)))
+        jobs.append((f"vae-run/{n}", lambda n=n: run_vae(args.root, args.threads, (f"train.epochs={n}",))))
+    for round_ in range(1, args.repeats + 1):
+        for key, job in jobs:
+            sample = job()
+            runs.setdefault(key, []).append(sample)
+            console.print(f"round {round_}/{args.repeats} {key}: {sample.cpu_s:.1f} CPU-s, {sample.wall_s:.1f} s wall", highlight=False, soft_wrap=True)
+    return runs
 
-    table = Table(title=f"MNIST training throughput ({results['device']}, batch {results['batch_size']}, {results['epochs']} epoch(s))", title_justify="left")
-    table.add_column("path")
-    table.add_column("images/s", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_column("test val/loss (nats/image)", justify="right")
-    for key, label in (("project", "project: TensorBatches on the device"), ("baseline", f"baseline: DataLoader + ToTensor, {results['num_workers']} workers")):
-        r = results[key]
-        table.add_row(label, f"{r['images_per_s']:,.0f}", f"{r['seconds']:.2f}", f"{r['val_loss']:.3f}")
-    console = Console()
-    console.print(table)
-    console.print(f"ratio project/baseline: [bold]{results['ratio']:.2f}x[/]")
-    console.print(f"test loss difference (project - baseline): [bold]{results['val_loss_diff']:+.3f}[/] nats/image")
-    console.print(TARGET)
+
+def warm_up() -> None:
+    """Import torch and torchvision once, untimed, so the first timed run does not also pay for a cold file cache."""
+    subprocess.run([sys.executable, "-c", "import torch, torchvision"], check=True)
+
+
+def summarize(runs: dict[str, list[Sample]], epochs: list[int]) -> dict[str, Any]:
+    """Medians and ratios recipe / vae-run per epoch count, the fixed cost, and every sample."""
+    summary: dict[str, Any] = {"fixed": medians(runs["fixed"])}
+    for n in epochs:
+        recipe, vae = medians(runs[f"recipe/{n}"]), medians(runs[f"vae-run/{n}"])
+        summary[f"epochs={n}"] = {
+            "recipe": recipe, "vae-run": vae,
+            "ratio_cpu": recipe["cpu_s"] / vae["cpu_s"], "ratio_wall": recipe["wall_s"] / vae["wall_s"],
+        }
+    summary["samples"] = {key: [asdict(s) for s in samples] for key, samples in runs.items()}
+    return summary
+
+
+def epoch_table(n: int, row: dict[str, Any], repeats: int, threads: int) -> Table:
+    """One epoch count's medians: both sides, and the ratio recipe / vae-run (> 1: vae-run is cheaper)."""
+    table = Table(title=f"{n} epoch{'s' * (n != 1)}, {threads} thread{'s' * (threads != 1)}, median of {repeats}", title_justify="left")
+    for name in ("", "recipe", "vae-run", "recipe / vae-run"):
+        table.add_column(name, justify="right" if name else "left")
+    recipe, vae = row["recipe"], row["vae-run"]
+    table.add_row("CPU-s", f"{recipe['cpu_s']:.1f}", f"{vae['cpu_s']:.1f}", f"{row['ratio_cpu']:.2f}x")
+    table.add_row("wall-s", f"{recipe['wall_s']:.1f}", f"{vae['wall_s']:.1f}", f"{row['ratio_wall']:.2f}x")
+    table.add_row("test loss, nats", f"{recipe['loss']:.2f} (ELBO)", f"{vae['loss']:.2f} (test/nll)", "")
+    return table
+
+
+def write_report(summary: dict[str, Any], args: argparse.Namespace, console: Console) -> None:
+    """A table per epoch count, the fixed cost and the targets."""
+    for n in args.epochs:
+        console.print(epoch_table(n, summary[f"epochs={n}"], args.repeats, args.threads))
+    fixed = summary["fixed"]
+    console.print(f"fixed cost (train.max_steps=1): {fixed['cpu_s']:.1f} CPU-s, {fixed['wall_s']:.1f} s wall (target {FIXED_TARGET})", highlight=False, soft_wrap=True)
+    console.print(TARGETS, highlight=False, soft_wrap=True)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` to `path` whole or not at all: a temporary file beside it, then a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Train both ways, time the epochs, score both models on the test split, print (and optionally save) the numbers."""
-    import torchvision
-    from torch.utils.data import DataLoader
-
-    from vae_runner.data import load_dataset, make_batches
-    from vae_runner.errors import UserError
-    from vae_runner.atomic import write_json
-    from vae_runner.build import resolve_device
-    from vae_runner.evaluate import validation_terms
-
+    """Time both sides, print the medians and ratios (and optionally save every number)."""
     args = parse_args(argv)
-    try:
-        cfg = compose_config(args.batch_size, args.epochs, args.device)
-        device = resolve_device(cfg.device)
-        data = load_dataset("mnist", root=args.root)
-        try:
-            baseline_set = torchvision.datasets.MNIST(args.root, train=True, transform=torchvision.transforms.ToTensor())
-        except RuntimeError:
-            raise UserError(f"--root {args.root} holds no MNIST/raw/ idx files for torchvision; point --root at the folder that holds MNIST/.") from None
-        if args.num_workers < 0:
-            raise UserError(f"--num-workers {args.num_workers} is negative; use 0 or more.")
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+    raw = Path(args.root) / "MNIST" / "raw"
+    if not raw.is_dir():
+        print(f"error: --root {args.root} holds no MNIST/raw/ folder; point --root at the folder that holds MNIST/raw/.", file=sys.stderr)
         return 2
-
-    bs, seed = cfg.train.batch_size, cfg.seed
-    project = make_batches(data.train, bs, device, shuffle=True, seed=seed)
-    test_batches = make_batches(data.test, bs, device, shuffle=False, seed=seed)
-
-    def loader(epoch: int) -> DataLoader:
-        """A shuffling DataLoader whose order depends only on (seed, epoch), like the project's batches."""
-        return DataLoader(
-            baseline_set, batch_size=bs, shuffle=True, num_workers=args.num_workers,
-            generator=torch.Generator().manual_seed(seed * 100_003 + epoch), pin_memory=device.type == "cuda",
-        )
-
-    # Warm-up on throwaway models: kernel selection, allocator growth and the first
-    # read of the files happen here, not in whichever path is timed first.
-    for batches in (baseline_batches(loader(0), device), project.epoch(0)):
-        model, optimizer, scaler = fresh_model(cfg, data.info, device)
-        run_epoch(model, optimizer, scaler, itertools.islice(batches, WARMUP_STEPS), device)
-
-    # Epochs alternate, baseline then project: on a shared 2-core machine a burst of
-    # load from another process then lands on both paths alike instead of on
-    # whichever ran during it, and any cache warmth left by the previous epoch goes to
-    # the baseline, so the ratio errs low rather than high.
-    base_model, base_opt, base_scaler = fresh_model(cfg, data.info, device)
-    proj_model, proj_opt, proj_scaler = fresh_model(cfg, data.info, device)
-    timings: dict[str, list[tuple[int, float]]] = {"baseline": [], "project": []}
-    for epoch in range(1, cfg.train.epochs + 1):
-        timings["baseline"].append(run_epoch(base_model, base_opt, base_scaler, baseline_batches(loader(epoch), device), device))
-        timings["project"].append(run_epoch(proj_model, proj_opt, proj_scaler, project.epoch(epoch), device))
-
-    results: dict[str, Any] = {
-        "device": str(device), "batch_size": bs, "epochs": cfg.train.epochs, "num_workers": args.num_workers,
-        "threads": torch.get_num_threads(), "target": TARGET,
-    }
-    for key, model in (("project", proj_model), ("baseline", base_model)):
-        images = sum(n for n, _ in timings[key])
-        seconds = sum(s for _, s in timings[key])
-        results[key] = {
-            "images": images,
-            "seconds": seconds,
-            "images_per_s": images / seconds,
-            "epoch_images_per_s": [n / s for n, s in timings[key]],
-            "val_loss": validation_terms(model, test_batches, seed=seed)["loss"],  # the same seeded noise for both
-        }
-    results["ratio"] = results["project"]["images_per_s"] / results["baseline"]["images_per_s"]
-    results["val_loss_diff"] = results["project"]["val_loss"] - results["baseline"]["val_loss"]
-
-    write_report(results)
+    console = Console()
+    warm_up()
+    try:
+        runs = measure(args, console)
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    summary = summarize(runs, args.epochs)
+    summary.update(root=args.root, threads=args.threads, repeats=args.repeats, targets=TARGETS, fixed_target=FIXED_TARGET)
+    write_report(summary, args, console)
     if args.json is not None:
-        write_json(args.json, results)
-        print(f"wrote {args.json}")
+        write_json(args.json, summary)
+        console.print(f"wrote {args.json}", highlight=False)
     return 0
 
 
