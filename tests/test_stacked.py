@@ -154,3 +154,20 @@ def test_a_group_checkpoint_cut_short_is_finished_or_undone(tmp_path: Path) -> N
     pending[2].write_text("new")
     settle_checkpoints(runs)
     assert [r.checkpoint.read_text() for r in runs] == ["new"] * 3 and not any(p.exists() for p in pending)
+
+
+@pytest.mark.parametrize("preset,swept", [("beta_tcvae", ("model.beta=2", "model.beta=6")), ("beta_vae_b", ("model.capacity_max=5", "model.capacity_max=25"))])
+def test_vectorized_members_follow_their_objectives_terms(mnist_root: Path, tmp_path: Path, preset: str, swept: tuple[str, str]) -> None:
+    from vae_runner.stacked import train_members
+
+    small = [f"dataset.root={mnist_root}", f"model={preset}", *[o for o in SMALL if not o.startswith("model.kl_warmup")], "train.epochs=1"]
+    results = {}
+    for vectorize in (False, True):
+        cfgs = [compose_config([*small, o]) for o in swept]
+        runs = [RunDir(tmp_path / str(vectorize) / o) for o in swept]
+        results[vectorize], failed = train_members(cfgs, runs, vectorize=vectorize)
+        assert not failed
+    for plain, vectorized in zip(results[False], results[True]):
+        for key in ("val/loss", "val/kl", "test/elbo"):
+            assert vectorized[key] == pytest.approx(plain[key], rel=1e-4), key
+    assert results[True][0]["val/kl"] != pytest.approx(results[True][1]["val/kl"], rel=1e-3)  # the weights took effect

@@ -91,7 +91,8 @@ def kl_per_image(out: VAEOutput) -> Tensor:
 
 def sample_log_likelihood(likelihood: Likelihood, x: Tensor, out: VAEOutput) -> Tensor:
     """log p(x|z) of images x (B, C, H, W) under each of the output's S samples, (S, B)."""
-    return likelihood.log_prob(out.x_params, x.repeat(out.samples, 1, 1, 1)).view(out.samples, x.shape[0])
+    targets = x.expand(out.samples, *x.shape).flatten(0, 1)  # (S * B, C, H, W), sample-major; a view, not a copy, for one sample
+    return likelihood.log_prob(out.x_params, targets).view(out.samples, x.shape[0])
 
 
 def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, log_q: Tensor, log_p: Tensor, dataset_size: int) -> tuple[Tensor, Tensor, Tensor]:
