@@ -65,7 +65,7 @@ def test_stacked_members_equal_their_jobs_run_alone(mnist_root: Path, tmp_path: 
         saved = torch.load(member / "checkpoints" / "last.pt", weights_only=True)
         assert saved["config"]["model"]["beta"] == float(beta) and saved["step"] == 20
         log = (member / "vae-run.log").read_text()
-        assert f"model.beta={beta}:" in log and "vae-run: final metrics" in log
+        assert f"model.beta={beta}  epoch 2/2  step 20" in log and "vae-run: final metrics" in log
         other = next(b for b in BETAS if b != beta)
         assert f"model.beta={other}" not in log  # each member's log holds its own reports
     # The two members really differ: beta moves the KL.

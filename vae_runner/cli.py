@@ -50,14 +50,14 @@ def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
     sys.exit(code)
 
 
-def print_config(cfg: DictConfig) -> None:
-    """The resolved config, one line per group (`key=value`, as they would be overridden)."""
+def print_config(cfg: DictConfig, note: str = "") -> None:
+    """The resolved config, one line per group (`key=value`, as they would be overridden), with a note under it."""
     table = Table(show_header=False, box=None, padding=(0, 1))
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
     for section, values in config_rows(cfg):
         table.add_row(section, values)
-    console.print(Panel(table, title="config", title_align="left"))
+    console.print(Panel(table, title="config", title_align="left", subtitle=note or None, subtitle_align="left"))
 
 
 def print_summary(metrics: dict[str, float], run_dir: Path, title: str = "vae-run: final metrics") -> None:
@@ -173,7 +173,7 @@ def run_members(cfgs: list[DictConfig], dirs: list[Path], vectorize: object) -> 
                 validate(cfg)
             check_stackable(cfgs)
             set_threads(cfgs[0].threads, HydraConfig.get().launcher)
-            print_config(cfgs[0])
+            print_config(cfgs[0], f"{len(runs)} stacked jobs, the first's shown: {', '.join(r.root.name for r in runs)}")
             with ExitStack() as locks:
                 for run_dir in runs:
                     locks.enter_context(RunLock(run_dir.lock, str(run_dir.root)))

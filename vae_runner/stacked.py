@@ -218,19 +218,18 @@ def settle_checkpoints(runs: Sequence[RunDir]) -> None:
 
 
 @contextmanager
-def speaking(member: int, header: Optional[str] = None) -> Iterator[None]:
-    """While one member reports, its lines go to its own log file only (under `header`, a line naming it, when given)."""
-    global _speaker
-    _speaker = member
-    if header:
-        log.info("%s:", header)
+def speaking(member: int, console: bool = True) -> Iterator[None]:
+    """While one member reports, its lines go to its own log file only (and to the terminal unless `console` is false)."""
+    global _speaker, _console
+    _speaker, _console = member, console
     try:
         yield
     finally:
-        _speaker = None
+        _speaker, _console = None, True
 
 
 _speaker: Optional[int] = None  # the member whose report is being logged (None: lines for every member)
+_console = True  # False while a member repeats what the terminal has already shown for the first
 
 
 class MemberFilter(logging.Filter):
@@ -242,6 +241,13 @@ class MemberFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return _speaker is None or _speaker == self.member
+
+
+class ConsoleFilter(logging.Filter):
+    """Keeps a line off the terminal while the members repeat it one by one (each has it in its log file)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _console
 
 
 def _log_to(run: RunDir, member: int) -> Optional[logging.Handler]:
@@ -272,8 +278,9 @@ def start_members(cfgs: Sequence[DictConfig], runs: Sequence[RunDir]) -> list[Se
     for i, (cfg, run) in enumerate(zip(cfgs, runs)):
         set_rng_state(after_build)
         own: Built = replace(built, model=copy.deepcopy(built.model), objective=make_objective(cfg.model, len(built.data.train)))
-        with speaking(i):
+        with speaking(i, console=i == 0):  # the model's description once on the terminal, in every member's log
             sessions.append(start(cfg, run, own))
+        sessions[-1].label = run.root.name
     steps = {s.run.root.name: s.progress.step for s in sessions}
     if len(set(steps.values())) > 1:
         listed = ", ".join(f"{name} at step {step}" for name, step in steps.items())
@@ -301,7 +308,7 @@ def _train(members: Members, stop: StopSignals) -> tuple[list[Optional[dict[str,
     while members.alive and not members.alive[0].finished():
         images, seconds, done = run_epoch(members, stop)
         for s in members.alive:
-            with speaking(members.sessions.index(s), s.run.root.name):
+            with speaking(members.sessions.index(s)):
                 last_vals[id(s)] = report_epoch(s, images, seconds)
         members.save([advance(s, done) for s in members.alive][-1] if members.alive else done)
         if stop.signum is not None:
@@ -312,7 +319,7 @@ def _train(members: Members, stop: StopSignals) -> tuple[list[Optional[dict[str,
             metrics.append(None)
             continue
         stop.at_once = f"during the final evaluation; training is complete in {s.run.checkpoint}. Compute the metrics with: vae-eval {s.run.root}"
-        with speaking(i, s.run.root.name):
+        with speaking(i):
             metrics.append(finish(s, last_vals.get(id(s)), s.loop_seconds()))
     return metrics, members.failed
 
@@ -320,12 +327,19 @@ def _train(members: Members, stop: StopSignals) -> tuple[list[Optional[dict[str,
 @contextmanager
 def member_logs(runs: Sequence[RunDir]) -> Iterator[None]:
     """Every member's log file open for the duration (Hydra opened the first's), each taking the shared lines and its own."""
+    root = logging.getLogger()
     opened = [h for h in (_log_to(run, i) for i, run in enumerate(runs)) if h is not None]
+    terminals = [h for h in root.handlers if not isinstance(h, logging.FileHandler)]
+    quiet = ConsoleFilter()
+    for handler in terminals:
+        handler.addFilter(quiet)
     try:
         yield
     finally:
+        for handler in terminals:
+            handler.removeFilter(quiet)
         for handler in opened:
-            logging.getLogger().removeHandler(handler)
+            root.removeHandler(handler)
             handler.close()
 
 

@@ -126,6 +126,7 @@ class Session:
     consecutive_skips: int = 0
     meter: Optional[Meter] = None  # the epoch's progress bar (or plain lines)
     running_loss: Optional[float] = None  # an exponential moving average of the finite training losses, for the bar
+    label: str = ""  # a stacked sweep's member: its run folder's name, before its epoch lines
 
     @property
     def model(self) -> VAE:
@@ -355,8 +356,8 @@ def report_epoch(s: Session, images: int, seconds: float) -> Optional[dict[str, 
             sample_pictures(s.tracker, m, s.examples, p.step, s.cfg.seed, names)
         val.update(posterior_report(m, s.built.val, s.tracker, p.step, s.examples, pictures, names))
     log.info(
-        "epoch %d/%d  step %d  train/loss %.2f  val/loss %.2f (recon %.2f, kl %.2f)  %s img/s",
-        p.epoch, t.epochs, p.step, p.last_finite_loss, val["loss"], val["recon"], val["kl"], f"{images / max(seconds, 1e-9):,.0f}",
+        "%sepoch %d/%d  step %d  train/loss %.2f  val/loss %.2f (recon %.2f, kl %.2f)  %s img/s",
+        f"{s.label}  " if s.label else "", p.epoch, t.epochs, p.step, p.last_finite_loss, val["loss"], val["recon"], val["kl"], f"{images / max(seconds, 1e-9):,.0f}",
     )
     return val
 
