@@ -64,6 +64,9 @@ def test_stacked_members_equal_their_jobs_run_alone(mnist_root: Path, tmp_path: 
         assert mine["train/steps"] == 20
         saved = torch.load(member / "checkpoints" / "last.pt", weights_only=True)
         assert saved["config"]["model"]["beta"] == float(beta) and saved["step"] == 20
+        alone_saved = torch.load(solo[beta] / "checkpoints" / "last.pt", weights_only=True)
+        for name, weight in saved["model"].items():  # a member's own weights, not views into the whole stack
+            assert weight.untyped_storage().nbytes() == alone_saved["model"][name].untyped_storage().nbytes(), name
         log = (member / "vae-run.log").read_text()
         assert f"model.beta={beta}  epoch 2/2  step 20" in log and "vae-run: final metrics" in log
         other = next(b for b in BETAS if b != beta)

@@ -190,7 +190,10 @@ class Members:
         alive = self.alive
         for s in alive:
             s.progress.batches_done = batches_done
-            save_checkpoint(_pending(s.run), checkpoint_state(s), s.model)
+            state = checkpoint_state(s)
+            if self.vectorize:  # the weights are views into the stack, which torch.save would write whole
+                state["model"] = {k: v.clone() for k, v in state["model"].items()}
+            save_checkpoint(_pending(s.run), state, s.model)
         for s in alive:
             if _pending(s.run).exists():
                 os.replace(_pending(s.run), s.run.checkpoint)
