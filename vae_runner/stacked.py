@@ -20,6 +20,7 @@ Two ways to take a step:
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import os
 import time
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from vae_runner.build import Built, build, make_objective, resolve_device
 from vae_runner.checkpoint import rng_state, save_checkpoint, set_rng_state
-from vae_runner.data import corrupt
+from vae_runner.data import TensorBatches, corrupt
 from vae_runner.errors import UserError
 from vae_runner.model import VAE, VAEOutput
 from vae_runner.objective import objective_terms
@@ -63,6 +64,9 @@ WEIGHT_KEYS = (
     "model.kl_warmup_steps", "model.kl_schedule", "model.kl_cycles", "model.kl_cycle_ratio", "model.free_bits",
 )
 PENDING_SUFFIX = ".next"  # a member's new checkpoint, written before any member's is replaced
+# Taking steps one member after another, each takes this many before the next: its weights, gradients and
+# optimizer state stay in the CPU's caches (5 MLP members: 6.4 ms a member-step, against 7.5 ms taking turns every step).
+CHUNK_STEPS = 50
 
 
 def differing_key(cfgs: Sequence[DictConfig]) -> Optional[tuple[str, object, object]]:
@@ -121,26 +125,59 @@ class Members:
                 p.data = self.params[name][i]  # shares the stack's storage: the member's optimizer updates the stack
         self.base = copy.deepcopy(models[0]).to("meta")  # the architecture, for functional_call
 
+    def train_chunk(self, epoch: int, start: int, k: int) -> int:
+        """`k` steps of every living member from batch `start` of `epoch`; returns the images each trained.
+
+        Vectorized, or with batches streamed from disk, every step takes all members at
+        once. Otherwise each member takes its `k` steps before the next, from the same
+        random state, so that each draws the noise (and dynamic binarisation) its
+        single run would, and its weights stay in the CPU's caches meanwhile.
+        """
+        batches = self.sessions[0].built.train
+        if self.vectorize or not isinstance(batches, TensorBatches):
+            images = 0
+            for x, y in itertools.islice(batches.epoch(epoch, start_batch=start), k):
+                self.record(self.step(x, y), x.shape[0])
+                images += x.shape[0]
+            return images
+        start_state, end_state, images = rng_state(), None, 0
+        for s in self.alive:
+            set_rng_state(start_state)
+            trained = 0
+            for x, y in itertools.islice(batches.epoch(epoch, start_batch=start), k):
+                self.record([self.step_one(s, x, y)], x.shape[0], [s])
+                if self.sessions.index(s) in self.failed:
+                    break
+                trained += x.shape[0]
+            else:
+                end_state, images = rng_state(), trained
+        if end_state is not None:
+            set_rng_state(end_state)
+        return images
+
     def step(self, x: Tensor, y: Optional[Tensor]) -> list[Optional[dict[str, Tensor]]]:
         """One optimizer step of every living member on this batch, with the same noise; their terms (None: skipped)."""
         s0 = self.sessions[0]
+        alive = self.alive
+        if not self.vectorize:
+            return [self.step_one(s, x, y) for s in alive]
         d = s0.cfg.dataset
         x_in = corrupt(x, d.noise, d.noise_level) if d.noise != "none" else x  # denoising: noisy in, clean target
-        y = y if s0.model.num_classes else None
         # The noise a single run's model draws in its forward pass, drawn once for all members.
         eps = torch.randn(s0.built.objective.samples, x.shape[0], s0.model.latent_dim, device=x.device)
-        alive = self.alive
         for s in alive:
             s.progress.step += 1
-        if not self.vectorize:
-            return [
-                train_step(
-                    s.model, s.optimizer, s.scaler, x_in, y, target=x, objective=s.built.objective, weights=s.weights_at(s.progress.step - 1),
-                    amp_dtype=s.built.amp_dtype, grad_clip=s.cfg.train.grad_clip, eps=eps,
-                )
-                for s in alive
-            ]
-        return self._vectorized_step(x, x_in, y, eps, alive)
+        return self._vectorized_step(x, x_in, y if s0.model.num_classes else None, eps, alive)
+
+    def step_one(self, s: Session, x: Tensor, y: Optional[Tensor]) -> Optional[dict[str, Tensor]]:
+        """One optimizer step of one member, exactly as its single run takes it (`train.train_batch` in one process)."""
+        d = s.cfg.dataset
+        x_in = corrupt(x, d.noise, d.noise_level) if d.noise != "none" else x
+        s.progress.step += 1
+        return train_step(
+            s.model, s.optimizer, s.scaler, x_in, y if s.model.num_classes else None, target=x, objective=s.built.objective,
+            weights=s.weights_at(s.progress.step - 1), amp_dtype=s.built.amp_dtype, grad_clip=s.cfg.train.grad_clip,
+        )
 
     def _vectorized_step(self, x: Tensor, x_in: Tensor, y: Optional[Tensor], eps: Tensor, alive: list[Session]) -> list[Optional[dict[str, Tensor]]]:
         """All members' forward and backward as one vmap over the stack, then each member's own clipping and optimizer step."""
@@ -171,9 +208,9 @@ class Members:
             results.append(apply_gradients(s.model, s.optimizer, s.scaler, t, s.cfg.train.grad_clip))
         return results
 
-    def record(self, results: list[Optional[dict[str, Tensor]]], n: int) -> None:
-        """Each living member counts or logs its step; one that diverges stops, the others go on."""
-        for s, terms in zip(self.alive, results):
+    def record(self, results: list[Optional[dict[str, Tensor]]], n: int, sessions: Optional[list[Session]] = None) -> None:
+        """Each living member (or those of `sessions`) counts or logs its step; one that diverges stops, the others go on."""
+        for s, terms in zip(sessions or self.alive, results):
             try:
                 record(s, terms, n)
             except TrainingDiverged as err:
@@ -355,20 +392,17 @@ def run_epoch(members: Members, stop: StopSignals) -> tuple[int, float, int]:
     started, images, done = time.perf_counter(), 0, p.batches_done
     total = lead.built.steps_per_epoch if t.max_steps is None else min(lead.built.steps_per_epoch, p.batches_done + t.max_steps - p.step)
     with Meter(f"epoch {p.epoch}/{t.epochs}", total, done=p.batches_done) as meter:
-        for x, y in lead.built.train.epoch(p.epoch, start_batch=p.batches_done):
-            members.record(members.step(x, y), x.shape[0])
-            if not members.alive:
-                break
-            images, done = images + x.shape[0], done + 1
-            meter.advance(1, x.shape[0])
+        while done < total and members.alive:
+            k = chunk_length(members.alive[0].progress.step, total - done, t.checkpoint_every_steps)
+            trained = members.train_chunk(p.epoch, done, k)
+            images, done = images + trained, done + k
+            meter.advance(k, trained)
             meter.note("loss " + " ".join(f"{s.running_loss:.1f}" for s in members.alive if s.running_loss is not None))
-            if stop.signum is not None:
+            if stop.signum is not None and members.alive:
                 members.save(done)
                 _stop(members, stop)
-            if t.checkpoint_every_steps and lead.progress.step % t.checkpoint_every_steps == 0:
+            if t.checkpoint_every_steps and members.alive and members.alive[0].progress.step % t.checkpoint_every_steps == 0:
                 members.save(done)
-            if t.max_steps is not None and lead.progress.step >= t.max_steps:
-                break
     if lead.built.device.type == "cuda":
         torch.cuda.synchronize(lead.built.device)
     seconds = time.perf_counter() - started
@@ -377,6 +411,12 @@ def run_epoch(members: Members, stop: StopSignals) -> tuple[int, float, int]:
         if images:
             s.tracker.scalars("train", {"images_per_s": images / seconds}, s.progress.step)
     return images, seconds, done
+
+
+def chunk_length(step: int, left: int, checkpoint_every: int) -> int:
+    """Steps the members take before the next check for a signal: `CHUNK_STEPS`, fewer at the epoch's end or a checkpoint."""
+    until_checkpoint = checkpoint_every - step % checkpoint_every if checkpoint_every else left
+    return max(1, min(CHUNK_STEPS, left, until_checkpoint))
 
 
 def _stop(members: Members, stop: StopSignals) -> None:
