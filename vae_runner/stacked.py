@@ -105,6 +105,7 @@ class Members:
 
     def __init__(self, sessions: list[Session], vectorize: bool):
         self.sessions = sessions
+        self._numbers = {id(s): i for i, s in enumerate(sessions)}  # not list.index: Sessions compare field by field
         self.failed: dict[int, BaseException] = {}  # member -> why it stopped (divergence)
         self.vectorize = vectorize
         if vectorize:
@@ -113,6 +114,10 @@ class Members:
     @property
     def alive(self) -> list[Session]:
         return [s for i, s in enumerate(self.sessions) if i not in self.failed]
+
+    def number(self, s: Session) -> int:
+        """The member's place in the sweep, from 0."""
+        return self._numbers[id(s)]
 
     def _stack(self) -> None:
         """Parameters stacked along a leading member dimension; each member's parameters become views into the stack."""
@@ -146,7 +151,7 @@ class Members:
             trained = 0
             for x, y in itertools.islice(batches.epoch(epoch, start_batch=start), k):
                 self.record([self.step_one(s, x, y)], x.shape[0], [s])
-                if self.sessions.index(s) in self.failed:
+                if self.number(s) in self.failed:
                     break
                 trained += x.shape[0]
             else:
@@ -193,16 +198,15 @@ class Members:
             p.grad = None
         with torch.autocast(x.device.type, dtype=s0.built.amp_dtype or torch.float32, enabled=s0.built.amp_dtype is not None):
             stacked = vmap(forward, randomness="error")(self.params, self.buffers)
-        members = {id(s): i for i, s in enumerate(self.sessions)}
         terms = []
         for s in alive:  # the objective in fp32, outside autocast, with each member's own weights
-            i = members[id(s)]
+            i = self.number(s)
             out = VAEOutput(*(None if t is None else t[i] for t in stacked))
             terms.append(objective_terms(x, out, s.model.likelihood, s.built.objective, s.weights_at(s.progress.step - 1)))
         torch.stack([t["loss"] for t in terms]).sum().backward()  # members are independent: each gets its own gradient
         results = []
         for s, t in zip(alive, terms):
-            i = members[id(s)]
+            i = self.number(s)
             for name, p in s.model.named_parameters():
                 p.grad = self.params[name].grad[i]
             results.append(apply_gradients(s.model, s.optimizer, s.scaler, t, s.cfg.train.grad_clip))
@@ -215,7 +219,7 @@ class Members:
                 record(s, terms, n)
             except TrainingDiverged as err:
                 log.error("%s: %s", s.run.root.name, err)
-                self.failed[self.sessions.index(s)] = err
+                self.failed[self.number(s)] = err
 
     def save(self, batches_done: int) -> None:
         """Checkpoint every living member at this step: all new checkpoints are written first, then each replaces its member's.
@@ -348,7 +352,7 @@ def _train(members: Members, stop: StopSignals) -> tuple[list[Optional[dict[str,
     while members.alive and not members.alive[0].finished():
         images, seconds, done = run_epoch(members, stop)
         for s in members.alive:
-            with speaking(members.sessions.index(s)):
+            with speaking(members.number(s)):
                 last_vals[id(s)] = report_epoch(s, images, seconds)
         members.save([advance(s, done) for s in members.alive][-1] if members.alive else done)
         if stop.signum is not None:
