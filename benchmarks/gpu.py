@@ -67,6 +67,9 @@ from torch import Tensor
 from vae_runner.data import DatasetInfo, Split
 from vae_runner.objective import Objective
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import default_root, positive  # noqa: E402  (the benchmarks folder, for its sibling)
+
 MODELS = {"mlp": [], "cifar_conv": ["dataset=cifar10"]}  # model key -> Hydra overrides of the default config
 PRECISIONS = ("fp32", "bf16", "fp16")
 VARIANTS = ("eager", "compiled", "graph", "compiled+graph")
@@ -121,14 +124,6 @@ class Workload:
     train: Split
 
 
-def default_root() -> str:
-    """`../shared/data` next to the repository when it exists, else `data` (benchmarks/throughput.py's default)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from throughput import default_root as throughput_root
-
-    return throughput_root()
-
-
 def choice_list(allowed: Iterable[str]) -> Callable[[str], list[str]]:
     """An argparse type: a comma-separated list of some of `allowed`."""
     allowed = tuple(allowed)
@@ -149,13 +144,6 @@ def batch_list(text: str) -> list[int]:
     if not all(part.strip().isdigit() and int(part) > 0 for part in parts):
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive batch sizes, e.g. 128,512")
     return [int(part) for part in parts]
-
-
-def positive(text: str) -> int:
-    """A whole number of at least 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
