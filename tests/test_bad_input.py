@@ -53,6 +53,8 @@ CASES = [
     # Values that passed validation and then crashed (issue: a sturdy core)
     (["seed=-1"], "seed=-1 is out of range; use an integer from 0 to 2**32 - 1"),
     (["seed=4294967296"], "seed=4294967296 is out of range"),
+    (["threads=0"], "threads=0 is not a thread count; use a positive integer or auto"),
+    (["threads=many"], "threads='many' is not a thread count"),
     (["model.arch=conv", "model.conv_channels=[]"], "model.conv_channels=[] is empty; list at least one layer width"),
     (["model.hidden_dims=[]"], "model.hidden_dims=[] is empty; list at least one layer width, e.g. model.hidden_dims=[512]"),
     (["dataset.image_size=100000"], "dataset.image_size=100000 would need"),

@@ -124,10 +124,9 @@ def run(cfg: DictConfig) -> float:
 
     run_dir = RunDir(Path(HydraConfig.get().runtime.output_dir))
     try:
-        if os.environ.get(RESUME_ENV) and run_dir.metrics.is_file():
-            metrics = read_metrics(run_dir.metrics)
-            log.info("%s finished earlier (val/loss %.3f); skipping it", run_dir.root, metrics.get("val/loss", math.nan))
-            return metrics.get("val/loss", math.nan)
+        earlier = _finished_earlier(run_dir)
+        if earlier is not None:
+            return earlier
         safe_streams()  # a launcher's worker process too
         _announce_job()
         if distributed.world_size() > 1 and not distributed.is_main():  # one voice on the terminal and in the log: rank 0's
@@ -155,14 +154,9 @@ def run_members(cfgs: list[DictConfig], dirs: list[Path], vectorize: object) -> 
     from vae_runner.train import Interrupted
 
     runs = [RunDir(d) for d in dirs]
-    values = [math.nan] * len(runs)
-    todo = []
-    for i, run_dir in enumerate(runs):
-        if os.environ.get(RESUME_ENV) and run_dir.metrics.is_file():
-            values[i] = read_metrics(run_dir.metrics).get("val/loss", math.nan)
-            log.info("%s finished earlier (val/loss %.3f); skipping it", run_dir.root, values[i])
-        else:
-            todo.append(i)
+    values = [_finished_earlier(r) for r in runs]
+    todo = [i for i, value in enumerate(values) if value is None]
+    values = [math.nan if v is None else v for v in values]
     if not todo:
         return values
     cfgs, runs = [cfgs[i] for i in todo], [runs[i] for i in todo]
@@ -193,6 +187,15 @@ def run_members(cfgs: list[DictConfig], dirs: list[Path], vectorize: object) -> 
         index, err = next(iter(failed.items()))
         fail(f"{runs[index].root.name}: {err} The other jobs finished.", 1)
     return values
+
+
+def _finished_earlier(run_dir: RunDir) -> Optional[float]:
+    """In a resumed sweep, a job with metrics.json is skipped: its `val/loss`; None for a job still to train."""
+    if not (os.environ.get(RESUME_ENV) and run_dir.metrics.is_file()):
+        return None
+    value = read_metrics(run_dir.metrics).get("val/loss", math.nan)
+    log.info("%s finished earlier (val/loss %.3f); skipping it", run_dir.root, value)
+    return value
 
 
 def vectorized(setting: object, cfg: DictConfig) -> bool:
@@ -293,7 +296,8 @@ def set_threads(setting: object, launcher: DictConfig) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         jobs = (cores if launcher.n_jobs < 0 else launcher.n_jobs) if "n_jobs" in launcher else 1  # joblib: -1 is one per core
         threads = max(1, cores // max(1, jobs) // distributed.local_world_size())
-    torch.set_num_threads(threads)
+    if threads != torch.get_num_threads():  # left as torch set it otherwise: a run's numbers stay as they were
+        torch.set_num_threads(threads)
     return threads
 
 
