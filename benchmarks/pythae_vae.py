@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import positive  # noqa: E402  (the benchmarks folder, for its sibling)
+
 try:
     from pythae.models import VAE, VAEConfig
     from pythae.models.base.base_utils import ModelOutput
@@ -89,13 +92,6 @@ def mean_test_loss(model: VAE, images: np.ndarray) -> float:
             batch = torch.from_numpy(images[start : start + BATCH_SIZE])
             total += model({"data": batch}).loss.item() * len(batch)
     return total / len(images)
-
-
-def positive(text: str) -> int:
-    """A whole number of at least 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
