@@ -11,10 +11,11 @@ Two ways to take a step:
 - vectorized (`torch.func.vmap` over parameters stacked along a leading member
   dimension): one batched forward and backward for all members, which fills a GPU
   that one small model leaves idle;
-- one after another: each member's step exactly as a single run takes it. On the
-  CPU this is faster (vmap's batched matmuls cost a 5-member MLP step 46 ms
-  against 36 ms for five plain ones on this 2-core machine), and all that
-  stacking saves there is each job's start-up, data loading and evaluation setup.
+- one after another: each member's steps exactly as its single run takes them,
+  `CHUNK_STEPS` at a time. On the CPU this is faster (vmap's batched matmuls cost
+  a 5-member MLP step 46 ms against 36 ms for five plain ones on this 2-core
+  machine), and all that stacking saves there is each job's data loading and
+  model build (and, against separate processes, the start-up).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from vae_runner.build import Built, build, make_objective, resolve_device
 from vae_runner.checkpoint import rng_state, save_checkpoint, set_rng_state
 from vae_runner.data import TensorBatches, corrupt
 from vae_runner.errors import UserError
-from vae_runner.model import VAE, VAEOutput
+from vae_runner.model import VAEOutput
 from vae_runner.objective import objective_terms
 from vae_runner.progress import Meter, set_job
 from vae_runner.run_dir import RunDir
