@@ -54,7 +54,7 @@ from vae_runner.train import (
     record,
     report_epoch,
     start,
-    train_step,
+    train_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def differing_key(cfgs: Sequence[DictConfig]) -> Optional[tuple[str, object, obj
     flat = [_flatten(OmegaConf.to_container(OmegaConf.masked_copy(c, [k for k in c if k != "hydra"]), resolve=True)) for c in cfgs]
     for other in flat[1:]:
         for key in sorted(flat[0].keys() | other.keys()):
-            if key not in WEIGHT_KEYS and not key.startswith("hydra.") and flat[0].get(key) != other.get(key):
+            if key not in WEIGHT_KEYS and flat[0].get(key) != other.get(key):
                 return key, flat[0].get(key), other.get(key)
     return None
 
@@ -176,14 +176,8 @@ class Members:
         return self._vectorized_step(x, x_in, y if s0.model.num_classes else None, eps, alive)
 
     def step_one(self, s: Session, x: Tensor, y: Optional[Tensor]) -> Optional[dict[str, Tensor]]:
-        """One optimizer step of one member, exactly as its single run takes it (`train.train_batch` in one process)."""
-        d = s.cfg.dataset
-        x_in = corrupt(x, d.noise, d.noise_level) if d.noise != "none" else x
-        s.progress.step += 1
-        return train_step(
-            s.model, s.optimizer, s.scaler, x_in, y if s.model.num_classes else None, target=x, objective=s.built.objective,
-            weights=s.weights_at(s.progress.step - 1), amp_dtype=s.built.amp_dtype, grad_clip=s.cfg.train.grad_clip,
-        )
+        """One optimizer step of one member, exactly as its single run takes it."""
+        return train_batch(s, x, y)
 
     def _vectorized_step(self, x: Tensor, x_in: Tensor, y: Optional[Tensor], eps: Tensor, alive: list[Session]) -> list[Optional[dict[str, Tensor]]]:
         """All members' forward and backward as one vmap over the stack, then each member's own clipping and optimizer step."""
