@@ -8,7 +8,7 @@ depends on `SPLIT_SEED` alone, never on the run's seed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -39,6 +39,8 @@ class DatasetInfo:
     image_size: int
     num_classes: int  # 0 when the images carry no labels
     class_names: list[str]
+    # A dataset with known generative factors (dsprites): each factor's name and its grid of values, in the order of Split.factors' columns.
+    factors: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,7 +136,7 @@ def _resize_splits(splits: list[Split], size: int) -> list[Split]:
             x = split.images[start : start + chunk].float()
             y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             resized[start : start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
-        out.append(Split(resized, split.labels))
+        out.append(Split(resized, split.labels, split.factors))
     return out
 
 

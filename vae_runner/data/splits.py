@@ -20,17 +20,21 @@ SPLIT_SEED = 20_170_817
 
 @dataclass
 class Split:
-    """One split in memory: images (N, C, H, W) uint8 and labels (N,) int64, or None when unlabelled."""
+    """One split in memory: images (N, C, H, W) uint8, labels (N,) int64 or None when unlabelled, and for a dataset with
+    known generative factors (dsprites) each image's factor values as indices into each factor's grid, (N, K) int64."""
 
     images: Tensor
     labels: Optional[Tensor]
+    factors: Optional[Tensor] = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def index(self, idx: Tensor) -> Split:
-        """The images at these indices, in the order given."""
-        return Split(self.images.index_select(0, idx), None if self.labels is None else self.labels.index_select(0, idx))
+        """The images at these indices (a bool mask or positions), in the order given."""
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero().squeeze(1)
+        return Split(*(None if t is None else t.index_select(0, idx) for t in (self.images, self.labels, self.factors)))
 
 
 def hold_out(n: int, n_out: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -87,12 +91,11 @@ def select_classes(split: Split, classes: Sequence[int], keep: bool) -> Split:
     if split.labels is None:
         raise UserError("dataset.holdout_classes needs a labelled dataset; this one has no labels.")
     inside = torch.isin(split.labels, torch.tensor(list(classes), dtype=split.labels.dtype))
-    mask = inside if keep else ~inside
-    return Split(split.images[mask], split.labels[mask])
+    return split.index(inside if keep else ~inside)
 
 
 def binarize_split(split: Split, seed: int) -> Split:
     """Static binarisation: each pixel becomes 0 or 255 with probability intensity/255, sampled once with this seed."""
     g = torch.Generator().manual_seed(seed)
     on = torch.rand(split.images.shape, generator=g) * 255 < split.images.float()
-    return Split(on.to(torch.uint8) * 255, split.labels)
+    return Split(on.to(torch.uint8) * 255, split.labels, split.factors)
