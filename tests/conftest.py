@@ -65,6 +65,14 @@ def cvae_dir(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return _tiny_run("cvae", mnist_root, tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def classifier_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample-quality classifiers the suite's runs train are cached for the session, never in the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding MNIST/raw/: the real copy in ../shared/data, or a small fake one."""

@@ -80,7 +80,7 @@ def _shown(name: str, value: float, se: Optional[float]) -> str:
     """A metric as the table shows it: counts whole, epochs short, the rest to 3 decimals, `± SE` when it has one."""
     if name.endswith("epochs"):
         return f"{value:.3g}"  # 10, or 0.533 when train.max_steps stopped mid-epoch
-    if name.endswith(("images_per_s", "steps", "units", "_images")):
+    if name.endswith(("images_per_s", "steps", "units", "_images", "_votes", "_samples")):
         return f"{value:,.0f}"
     return f"{value:,.3f}" + (f" {plus_minus()} {se:.3f}" if se is not None else "")
 

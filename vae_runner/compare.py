@@ -38,7 +38,8 @@ Value = Union[str, int, float, None]
 # The final metrics every run records, shown first and in this order.
 HEADLINE_METRICS = ("val/loss", "val/recon", "val/kl")
 # The table's columns without --metrics, those recorded: few enough that 5 metrics fit a 120-column terminal.
-DEFAULT_METRICS = ("val/loss", "test/nll", "test/nll_given_label", "val/recon", "val/kl", "val/active_units")
+# On a dataset with known factors test/mig joins them, beside the reconstruction it trades against.
+DEFAULT_METRICS = ("val/loss", "test/nll", "test/nll_given_label", "val/recon", "val/kl", "val/active_units", "test/mig")
 DEFAULT_SORT = "val/loss"
 
 # Keys that say which repetition a run is, or where things are, rather than what was tried.
@@ -46,7 +47,7 @@ _IGNORED_KEYS = frozenset({"seed", "dataset.root", "dataset.path", "device", "re
 _IGNORED_PREFIXES = ("hydra.", "hydra/")
 
 # Metrics that count things: shown without decimals.
-_COUNT_SUFFIXES = ("steps", "epochs", "images_per_s", "params", "units", "_images")
+_COUNT_SUFFIXES = ("steps", "epochs", "images_per_s", "params", "units", "_images", "_votes", "_samples")
 
 
 @dataclass(frozen=True)

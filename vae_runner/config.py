@@ -23,7 +23,7 @@ from vae_runner.errors import UserError
 
 ARCH_CHOICES = ("auto", *choices.ARCHS)
 LIKELIHOOD_CHOICES = ("auto", *choices.LIKELIHOODS)
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "image_folder", "dsprites")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KL_SCHEDULES = ("linear", "cyclical")
 BINARIZE = ("none", "static", "dynamic")
@@ -120,6 +120,15 @@ class EvalConfig:
     nll_images: Any = "auto"
     nll_chunk: int = 10  # samples decoded at once: memory, and speed (larger temporaries are page-faulted again on every chunk)
     test_samples: Optional[int] = None  # evaluate only N test images, drawn across classes with a fixed seed
+    # On a dataset with known factors (dsprites): MIG, DCI, SAP and the FactorVAE score from the posterior means of
+    # N test images drawn with the run's seed.
+    disentanglement_images: int = 10_000
+    # test/fd and a CVAE's test/cvae_label_accuracy, through a small classifier trained once per training split and cached.
+    sample_quality: bool = True
+    # Prior samples for test/fd and the label accuracy: a number, or `auto` (as many as the test images, at most 10,000).
+    fd_samples: Any = "auto"
+    inception_weights: Optional[str] = None  # a local copy of the FID Inception weights (pt_inception-2015-12-05-6726825d.pth): adds test/fid
+    cache_dir: Optional[str] = None  # where the classifiers are cached; null: $XDG_CACHE_HOME/vae-runner, else ~/.cache/vae-runner
 
 
 @dataclass
@@ -295,7 +304,7 @@ def _check_dataset(d: DictConfig) -> None:
             _positive(f"dataset.{key}", d[key])
     if d.channels not in (None, 1, 3):
         raise UserError(f"dataset.channels={d.channels} is not supported; use 1 (greyscale) or 3 (RGB).")
-    if d.channels is not None and d.name in ("mnist", "fashion_mnist"):
+    if d.channels is not None and d.name in ("mnist", "fashion_mnist", "dsprites"):
         raise UserError(f"dataset.channels={d.channels} applies to image folders and the CIFAR-10 image tree; {d.name} is greyscale: leave it unset.")
     if not (math.isfinite(d.val_fraction) and 0 < d.val_fraction < 1):
         raise UserError(f"dataset.val_fraction={d.val_fraction} must lie strictly between 0 and 1.")
@@ -322,6 +331,14 @@ def _check_train(t: DictConfig, o: DictConfig, e: DictConfig) -> None:
     _positive("eval.nll_chunk", e.nll_chunk)
     if e.test_samples is not None:
         _positive("eval.test_samples", e.test_samples)
+    _positive("eval.disentanglement_images", e.disentanglement_images)
+    if e.fd_samples != "auto" and (isinstance(e.fd_samples, bool) or not isinstance(e.fd_samples, int) or e.fd_samples < 2):
+        raise UserError(f"eval.fd_samples={e.fd_samples!r} is not a number of samples; use an integer of 2 or more, or auto.")
+    if e.inception_weights is not None and not Path(e.inception_weights).expanduser().is_file():
+        raise UserError(
+            f"eval.inception_weights={e.inception_weights} is not a file; pass the path of a local copy of "
+            f"pt_inception-2015-12-05-6726825d.pth, or leave it unset to skip test/fid."
+        )
     if e.nll_images not in ("auto", "all"):
         if isinstance(e.nll_images, bool) or not isinstance(e.nll_images, int) or e.nll_images < 1:
             raise UserError(f"eval.nll_images={e.nll_images!r} is not a number of images; use a positive integer, all or auto.")

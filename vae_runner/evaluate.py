@@ -22,7 +22,7 @@ from vae_runner.atomic import write_json
 from vae_runner.build import Batches, Built, build, planned_steps, validation_weights
 from vae_runner.checkpoint import load_checkpoint, load_model_state, seeded_rng
 from vae_runner.config import Config, validate
-from vae_runner.data import Split, corrupt, stratified_indices, stratified_subset, to_unit_float
+from vae_runner.data import LoadedData, Split, corrupt, stratified_indices, stratified_subset, to_unit_float
 from vae_runner.errors import UserError
 from vae_runner.lock import RunLock
 from vae_runner.metrics import active_units, auroc, importance_log_likelihood, kl_per_dim, psnr, summarise_bounds
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 # Each Monte Carlo estimate of the final report draws from its own stream (seed + offset),
 # so changing K moves test/nll alone, never test/elbo.
-NLL_STREAM, ELBO_STREAM, NOISE_STREAM = 0, 1, 2
+NLL_STREAM, ELBO_STREAM, NOISE_STREAM, SAMPLE_STREAM = 0, 1, 2, 3
+FD_SAMPLES = 10_000  # eval.fd_samples=auto's ceiling: the usual count of an FID (Heusel et al. 2017)
 NLL_DECODE_SHARE, NLL_MIN_IMAGES = 0.2, 100  # eval.nll_images=auto (see nll_image_count)
 # A CVAE's likelihoods are conditional on the true label, and named so.
 GIVEN_LABEL = {"nll": "nll_given_label", "nll_se": "nll_given_label_se", "elbo": "elbo_given_label", "bits_per_dim": "bits_per_dim_given_label"}
@@ -80,6 +81,20 @@ def validation_terms(
                 sums[name] = sums.get(name, 0.0) + value.detach() * x.shape[0]
             n += x.shape[0]
     return {name: (total / n).item() for name, total in sums.items()}
+
+
+@dataclass
+class Factors:
+    """A split's known generative factors (dsprites): their names and each image's value indices, (N, K) on the CPU."""
+
+    names: list[str]
+    values: Tensor
+
+
+def split_factors(data: LoadedData, split: str) -> Optional[Factors]:
+    """The known factors of data's `split` (train, val or test); None for a dataset without them."""
+    values = getattr(getattr(data, split), "factors", None)
+    return None if values is None else Factors(list(data.info.factors), values)
 
 
 @dataclass
@@ -171,13 +186,15 @@ def sample_pictures(tracker: Tracker, model: VAE, examples: Examples, step: int,
 
 
 def posterior_report(
-    model: VAE, batches: Batches, tracker: Tracker, step: int, examples: Examples, pictures: bool, class_names: Sequence[str] = ()
+    model: VAE, batches: Batches, tracker: Tracker, step: int, examples: Examples, pictures: bool, class_names: Sequence[str] = (),
+    factors: Optional[Factors] = None,
 ) -> dict[str, float]:
     """Per epoch: active units, posterior histograms, the KL of each latent dimension and, if `pictures`, the latent space drawn.
 
     Per-dimension KLs exist for a Gaussian posterior under the standard-normal
     prior alone (a flow mixes dimensions, a mixture prior does not factorise): other
     models log no `val_kl_per_dim/` and rank the traversal's dimensions by activity.
+    With the split's known `factors`, each traversal row also names the factor its dimension captures best.
     """
     post = collect_posteriors(model, batches)  # (N, D) each, on the CPU
     n_active, activity = active_units(post.mean)
@@ -191,18 +208,28 @@ def posterior_report(
         tracker.histogram("val_kl_per_dim/all", ranking, step)
         tracker.histogram("val/posterior_std", torch.exp(0.5 * post.logvar), step)
     if pictures:
-        latent_pictures(tracker, model, examples, (ranking, score), post.mean, post.labels, step, class_names)
+        notes = captured_factors(post.mean, factors) if factors is not None else ()
+        latent_pictures(tracker, model, examples, (ranking, score), post.mean, post.labels, step, class_names, notes)
     return {"active_units": float(n_active)}
+
+
+def captured_factors(codes: Tensor, factors: Factors) -> list[str]:
+    """For each latent dimension, the factor it shares the most information with and that share of the factor's entropy: "posX 0.82"."""
+    from vae_runner.disentanglement import normalized_mutual_information  # scikit-learn loads when a dataset has factors
+
+    share = normalized_mutual_information(codes.double().numpy(), factors.values.numpy())  # (D, K)
+    best = share.argmax(axis=1)
+    return [f"{factors.names[k]} {share[d, k]:.2f}" for d, k in enumerate(best)]
 
 
 def latent_pictures(
     tracker: Tracker, model: VAE, examples: Examples, ranking: tuple[Tensor, str], mu: Tensor, labels: Optional[Tensor], step: int,
-    class_names: Sequence[str] = (),
+    class_names: Sequence[str] = (), notes: Sequence[str] = (),
 ) -> None:
-    """Traversal (dimensions ranked by a (D,) score, named), interpolation (pairs of the fixed examples; none with a single one),
-    scatter, manifold and denoising."""
+    """Traversal (dimensions ranked by a (D,) score, named, with `notes` per dimension), interpolation (pairs of the fixed examples;
+    none with a single one), scatter, manifold and denoising."""
     y = examples.labels(model)
-    traversal = traversal_figure(model, examples.x[:1], None if y is None else y[:1], ranking[0], score=ranking[1])
+    traversal = traversal_figure(model, examples.x[:1], None if y is None else y[:1], ranking[0], score=ranking[1], notes=notes)
     tracker.image("latent/traversal", render(traversal), step)
     half = examples.x.shape[0] // 2
     if half:
@@ -333,7 +360,7 @@ def label_free_elbo(model: VAE, batches: Batches, classes: Sequence[int], seed: 
 
 
 def test_report(model: VAE, batches: Batches, tracker: Tracker, step: int, cfg: DictConfig, nll_images: Optional[int] = None) -> dict[str, float]:
-    """The final evaluation on the test split: importance-sampled NLL, anomaly AUROC and denoising PSNR, logged as `test/...`.
+    """The final evaluation on the test split: importance-sampled NLL, anomaly AUROC and denoising PSNR, as `test/...` metrics.
 
     `nll_images` of the test images get the NLL (all by default). For a CVAE the likelihoods
     are conditional on the true label: they are named `test/nll_given_label`,
@@ -354,7 +381,6 @@ def test_report(model: VAE, batches: Batches, tracker: Tracker, step: int, cfg: 
         metrics["test/anomaly_auroc"] = _anomaly_auroc(model, batches, bounds, held_out, tracker, step, cfg)
     if d.noise != "none":
         metrics.update(_denoising(model, batches, d.noise, d.noise_level, tracker, step, seed))
-    tracker.scalars("test", {k.split("/", 1)[1]: v for k, v in metrics.items()}, step)
     return metrics
 
 
@@ -405,8 +431,80 @@ def final_report(
     metrics = {f"val/{k}": v for k, v in val.items()}
     nll_images = nll_image_count(cfg, built.test.num_samples, built.train.num_samples)
     metrics.update(test_report(model, built.test, tracker, step, cfg, nll_images))
+    factors = split_factors(built.data, "test")
+    if factors is not None:
+        metrics.update(disentanglement(model, built.test, factors, cfg.seed, cfg.eval.disentanglement_images))
+    if cfg.eval.sample_quality:
+        metrics.update(sample_quality(model, built, cfg))
+    tracker.scalars("test", {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("test/")}, step)
     metrics["test/seconds"] = time.perf_counter() - start
     return metrics
+
+
+# ------------------------------------------------------------------ what the model learned: factors, and samples
+
+
+def disentanglement(model: VAE, batches: Batches, factors: Factors, seed: int, images: int) -> dict[str, float]:
+    """MIG, DCI, SAP and the FactorVAE score of the test images' posterior means against their known factors (`vae_runner.disentanglement`)."""
+    from vae_runner.disentanglement import disentanglement_report  # scikit-learn loads when a dataset has factors
+
+    codes = collect_posteriors(model, batches, seed).mean  # (N, D)
+    report = disentanglement_report(codes.double().numpy(), factors.values.numpy(), seed=seed, samples=images)
+    return {f"test/{name}": float(value) for name, value in report.items()}
+
+
+def sample_quality(model: VAE, built: Built, cfg: DictConfig) -> dict[str, float]:
+    """`test/fd` (and `test/fid` with local Inception weights) of prior samples against the test images; a CVAE's `test/cvae_label_accuracy`.
+
+    Features and labels come from a small classifier trained once on the run's
+    training split and cached (`vae_runner.classifier`); without labelled
+    images in memory there is none, and the measures are skipped with one line.
+    """
+    data = built.data
+    if not (isinstance(data.train, Split) and isinstance(data.test, Split)) or data.train.labels is None:
+        why = "its images stream from disk" if data.train.labels is not None or not isinstance(data.train, Split) else "its images have no labels"
+        log.info("test/fd skipped: the sample-quality classifier needs labelled images in memory, and %s", why)
+        return {}
+    device = built.device
+    classifier = load_or_train(
+        data.train, data.test, dataset=data.info.name, num_classes=data.info.num_classes,
+        cache_dir=cache_dir(cfg.eval.cache_dir), seed=0, device=device,
+    )
+    n = fd_sample_count(cfg.eval.fd_samples, len(data.test))
+    samples, intended = prior_samples(model, n, cfg.seed + SAMPLE_STREAM)
+    real = to_unit_float(data.test.images)
+    metrics = {
+        "test/fd": frechet_distance(classifier_features(classifier.net, real, device), classifier_features(classifier.net, samples, device)),
+        "test/fd_samples": float(n),
+        "test/classifier_accuracy": classifier.test_accuracy,
+    }
+    if intended is not None:
+        predicted = classify(classifier.net, samples, device)
+        metrics["test/cvae_label_accuracy"] = label_accuracy(predicted, intended, model.num_classes)
+    if cfg.eval.inception_weights:
+        metrics["test/fid"] = inception_fid(Path(cfg.eval.inception_weights).expanduser(), data.test.images, samples, device=device)
+    else:
+        log.info("test/fid skipped: eval.inception_weights is not set (the Inception weights cannot be downloaded offline)")
+    return metrics
+
+
+def fd_sample_count(setting: int | str, test_images: int) -> int:
+    """`eval.fd_samples`: a number, or `auto`, as many as the test images and at most FD_SAMPLES, so both sides of the FD are alike."""
+    return int(setting) if setting != "auto" else min(FD_SAMPLES, test_images)
+
+
+def prior_samples(model: VAE, n: int, seed: int, chunk: int = 1000) -> tuple[Tensor, Optional[Tensor]]:
+    """n images decoded from the prior (the likelihood's mean), on the CPU, and for a CVAE the class each was drawn for (cycling through them)."""
+    g, cpu = torch.Generator().manual_seed(seed), torch.device("cpu")
+    z = model.prior_distribution().sample(n, g, device=cpu)  # (n, D)
+    y = torch.arange(n) % model.num_classes if model.num_classes else None
+    device = next(model.parameters()).device
+    images = []
+    with evaluating(model):
+        for start in range(0, n, chunk):
+            yc = None if y is None else y[start : start + chunk].to(device)
+            images.append(model.sample(z[start : start + chunk].to(device), yc).float().cpu())
+    return torch.cat(images), y
 
 
 def split_sizes(built: Built) -> dict[str, float]:

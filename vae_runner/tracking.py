@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 HPARAM_METRICS = (
     "val/loss", "val/elbo", "val/recon", "val/kl", "val/active_units",
     "test/nll", "test/elbo", "test/bits_per_dim", "test/nll_given_label", "test/elbo_given_label", "test/bits_per_dim_given_label",
-    "test/anomaly_auroc", "test/psnr_recon",
+    "test/anomaly_auroc", "test/psnr_recon", "test/mig", "test/dci_disentanglement", "test/factorvae_score", "test/sap", "test/fd",
+    "test/cvae_label_accuracy",
 )
 
 

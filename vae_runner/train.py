@@ -22,7 +22,9 @@ from vae_runner.build import Built, build, make_optimizer, planned_steps, resolv
 from vae_runner.checkpoint import environment, load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from vae_runner.config import swept_keys
 from vae_runner.data import corrupt
-from vae_runner.evaluate import Examples, final_report, fixed_examples, posterior_report, sample_pictures, split_sizes, validation_terms
+from vae_runner.evaluate import (
+    Examples, final_report, fixed_examples, posterior_report, sample_pictures, split_factors, split_sizes, validation_terms,
+)
 from vae_runner.model import VAE
 from vae_runner.objective import Objective, Weights, objective_terms
 from vae_runner.progress import Meter
@@ -354,7 +356,8 @@ def report_epoch(s: Session, images: int, seconds: float) -> Optional[dict[str, 
     with s.tracker.copies_in(epoch_folder(p.epoch, t.epochs) if kept else None):
         if pictures:
             sample_pictures(s.tracker, m, s.examples, p.step, s.cfg.seed, names)
-        val.update(posterior_report(m, s.built.val, s.tracker, p.step, s.examples, pictures, names))
+        factors = split_factors(s.built.data, "val")
+        val.update(posterior_report(m, s.built.val, s.tracker, p.step, s.examples, pictures, names, factors))
     log.info(
         "%sepoch %d/%d  step %d  train/loss %.2f  val/loss %.2f (recon %.2f, kl %.2f)  %s img/s",
         f"{s.label}  " if s.label else "", p.epoch, t.epochs, p.step, p.last_finite_loss, val["loss"], val["recon"], val["kl"], f"{images / max(seconds, 1e-9):,.0f}",

@@ -1,4 +1,4 @@
-"""Read MNIST, Fashion-MNIST, CIFAR-10 and image folders into train, validation and test uint8 tensors, once.
+"""Read MNIST, Fashion-MNIST, CIFAR-10, image folders and dSprites into train, validation and test uint8 tensors, once.
 
 The split convention: test is the dataset's own test split; validation is a
 `val_fraction` share held out from the training images; which image lands where
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vae_runner.data.dsprites import FACTORS, SHAPES, load_dsprites
 from vae_runner.data.folders import UNREADABLE, ImageFiles, Listing, collate_images, decode_all, decode_bytes, list_images
 from vae_runner.data.idx import FORMATS, missing_files, read_mnist_format
 from vae_runner.data.memory import require_memory, resize_plan
@@ -99,8 +100,16 @@ def load_dataset(
             path, "image_folder", image_size or 64, channels or 3, (train_samples, val_samples, test_samples),
             val_fraction, max_memory_mb, num_workers,
         )
+    elif name == "dsprites":
+        train, val, test = load_dsprites(
+            root_dir, train_samples=train_samples, val_samples=val_samples, test_samples=test_samples, val_fraction=val_fraction
+        )
+        if image_size is not None and image_size != train.images.shape[-1]:
+            train, val, test = _resize_splits([train, val, test], image_size)
+        info = DatasetInfo(name, 1, train.images.shape[-1], len(SHAPES), list(SHAPES), factors={k: list(v) for k, v in FACTORS.items()})
+        return LoadedData(info, train, val, test)
     else:
-        raise UserError(f"dataset.name={name!r} is unknown; use mnist, fashion_mnist, cifar10 or image_folder.")
+        raise UserError(f"dataset.name={name!r} is unknown; use mnist, fashion_mnist, cifar10, image_folder or dsprites.")
 
     if len(train) < 2 or len(test) < 1:
         raise DatasetUnavailable(

@@ -1,0 +1,96 @@
+"""Disentanglement on dsprites: VAE, β-VAE (β=4) and β-TCVAE (β=6), several seeds each, their MIG beside their reconstruction.
+
+Each run is a whole `vae-run dataset=dsprites model=<preset> seed=<s>` process with the
+same architecture and length; the figures are read back from each run's
+metrics.json (the test split's `test/mig`, DCI, SAP, FactorVAE score; `val/recon`
+and `test/nll`), then summarised per model as mean ± standard deviation over seeds.
+Runs go --jobs at a time, one torch thread each. Chen et al. (2018, Fig. 3) report a
+β-TCVAE MIG of about 0.3-0.4 on dSprites and lower for β-VAE, with their own MIG
+estimator (sampled q(z|x) over the whole dataset) and far longer training: a
+reference point, not a target this benchmark can fail on. It measures and prints.
+
+    .venv/bin/python benchmarks/disentanglement.py --root ~/.cache/vae-runner-data --json disentanglement.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+MODELS = {"vae": ("model=vae",), "beta_vae": ("model=beta_vae", "model.beta=4"), "beta_tcvae": ("model=beta_tcvae", "model.beta=6")}
+# Chen et al. (2018)'s dSprites architecture: an MLP 4096-1200-1200-10 and its mirror.
+COMMON = ("dataset=dsprites", "model.latent_dim=10", "model.hidden_dims=[1200,1200]", "train.batch_size=256", "threads=1")
+METRICS = ("test/mig", "test/dci_disentanglement", "test/dci_completeness", "test/dci_informativeness", "test/factorvae_score", "test/sap",
+           "val/recon", "val/kl", "test/nll")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The benchmark's flags."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("~/.cache/vae-runner-data").expanduser(), help="dataset.root: dsprites is generated there once (default: %(default)s)")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated among %(default)s")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=2, help="train.epochs of each run (default: %(default)s)")
+    parser.add_argument("--train-samples", type=int, default=None, help="dataset.train_samples (default: all 597,197)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (default: %(default)s)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every run's metrics to this JSON file")
+    return parser.parse_args(argv)
+
+
+def run_one(model: str, seed: int, args: argparse.Namespace, folder: Path) -> dict[str, float]:
+    """One whole run; its metrics.json, plus its wall seconds."""
+    run_dir = folder / f"{model}-seed{seed}"
+    cmd = [str(Path(sys.executable).parent / "vae-run"), *MODELS[model], *COMMON, f"seed={seed}", f"train.epochs={args.epochs}",
+           f"dataset.root={args.root}", f"hydra.run.dir={run_dir}"]
+    if args.train_samples:
+        cmd.append(f"dataset.train_samples={args.train_samples}")
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {**metrics, "wall_s": time.perf_counter() - start}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    console = Console()
+    models, seeds = args.models.split(","), [int(s) for s in args.seeds.split(",")]
+    # Generate the dataset once before the runs race for it.
+    subprocess.run([sys.executable, "-c", f"from vae_runner.data import load_dataset; load_dataset('dsprites', root={str(args.root)!r}, train_samples=1, val_samples=1, test_samples=1)"], check=True)
+    with tempfile.TemporaryDirectory(prefix="vae-dsprites-") as tmp:
+        folder = args.keep or Path(tmp)
+        jobs = [(m, s) for s in seeds for m in models]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = dict(zip(jobs, pool.map(lambda job: run_one(*job, args, folder), jobs)))
+    table = Table(title=f"dsprites, {args.epochs} epochs, seeds {args.seeds}: mean ± sd over seeds")
+    table.add_column("model")
+    for name in METRICS:
+        table.add_column(name.split("/", 1)[1], justify="right")
+    for m in models:
+        cells = []
+        for name in METRICS:
+            values = [results[(m, s)][name] for s in seeds if name in results[(m, s)]]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}" if values else "–")
+        table.add_row(m, *cells)
+    console.print(table)
+    console.print(f"wall seconds per run: {statistics.median(r['wall_s'] for r in results.values()):.0f} (median)")
+    if args.json:
+        args.json.write_text(json.dumps({f"{m}/seed{s}": r for (m, s), r in results.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

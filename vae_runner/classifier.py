@@ -1,0 +1,300 @@
+"""A small image classifier for the sample-quality measures, trained once per training split and cached on disk.
+
+Its penultimate activations are the features of `test/fd` (a Fréchet distance like
+FID's, in a space fitted to the dataset) and its predictions score a CVAE's samples
+against the labels they were drawn for (`vae_runner.sample_quality`). Training costs
+about a CPU-minute on MNIST, so each (dataset, training split) trains it once: the
+weights go to `<eval.cache_dir>/classifiers/` under a fingerprint of the exact
+training images, verified by a checksum when read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from filelock import FileLock, Timeout
+from torch import Tensor, nn
+
+from vae_runner.atomic import OutputError, atomic_write, write_json
+from vae_runner.data import Split, stratified_indices, to_unit_float
+from vae_runner.data.batches import epoch_order
+from vae_runner.progress import Meter
+
+log = logging.getLogger(__name__)
+
+# Bump whenever LabelNet or the training recipe changes: the fingerprint includes it, so old cache files are never loaded.
+VERSION = 1
+FEATURE_DIM = 128
+LOCK_WAIT_S = 3600.0  # how long a second process waits for the first to finish training before it trains uncached
+_warned_uncached: set[str] = set()  # cache folders already reported unwritable by this process
+
+
+# ------------------------------------------------------------------ the network
+
+
+def conv_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
+    """3x3 convolution, 2x2 max pooling when `pool`, batch norm, ReLU."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)]  # the batch norm's shift is the bias
+    if pool:
+        # Pooling before the batch norm and ReLU gives them a quarter of the pixels: a third less CPU time per step.
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class LabelNet(nn.Module):
+    """A small CNN: conv blocks halving the image to at most 8x8, a 3x3 pooled map, a 128-d feature layer, the logits."""
+
+    def __init__(self, channels: int, image_size: int, num_classes: int, width: int = 32, feature_dim: int = FEATURE_DIM):
+        super().__init__()
+        # The constructor's arguments, saved with the weights so that a cached copy is rebuilt exactly.
+        self.kwargs = {"channels": channels, "image_size": image_size, "num_classes": num_classes, "width": width, "feature_dim": feature_dim}
+        # 28 and 32 pixels get two halvings (to 7 or 8), 64 pixels three: the last block always sees a map of about 8x8.
+        halvings = max(2, math.ceil(math.log2(image_size / 8)))
+        widths = [width * 2**i for i in range(halvings + 1)]  # 32, 64, 128 for MNIST
+        blocks, c = [], channels
+        for i, w in enumerate(widths):
+            blocks.append(conv_block(c, w, pool=i < halvings))
+            c = w
+        self.body = nn.Sequential(*blocks)
+        # A 3x3 map keeps where a stroke is (global average pooling loses it and costs MNIST about a point of accuracy).
+        self.pool = nn.AdaptiveAvgPool2d(3)
+        self.feature = nn.Sequential(nn.Flatten(), nn.Linear(c * 9, feature_dim), nn.ReLU(inplace=True))
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The penultimate activations, (B, feature_dim), of images (B, C, H, W) in [0, 1]."""
+        return self.feature(self.pool(self.body(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits (B, num_classes) of images (B, C, H, W) in [0, 1]."""
+        return self.head(self.features(x))
+
+
+@dataclass
+class Classifier:
+    """A trained LabelNet in eval mode, its accuracy on the test split, and the cache file it came from (None: not cached)."""
+
+    net: LabelNet
+    test_accuracy: float
+    path: Optional[Path]
+
+
+# ------------------------------------------------------------------ training
+
+
+def train_classifier(
+    train: Split,
+    test: Split,
+    *,
+    num_classes: int,
+    seed: int,
+    device: torch.device,
+    epochs: int = 2,
+    max_images: int = 60_000,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    width: int = 32,
+) -> tuple[LabelNet, float]:
+    """Train a LabelNet on (a class-balanced subset of at most `max_images` of) `train`; return it in eval mode and its `test` accuracy.
+
+    The same images, seed and device give the same weights: the initialisation, the
+    subset and each epoch's order all come from `seed`.
+    """
+    if train.labels is None or test.labels is None:
+        raise ValueError("the sample-quality classifier needs labelled training and test images")
+    device = torch.device(device)
+    keep = stratified_indices(train.labels, len(train), max_images, seed)
+    images, labels = train.images.index_select(0, keep).to(device), train.labels.index_select(0, keep).to(device)
+    n, (channels, size) = images.shape[0], images.shape[1:3]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's random stream stays as it was
+        torch.manual_seed(seed)
+        net = LabelNet(channels=channels, image_size=size, num_classes=num_classes, width=width).to(device)
+    steps_per_epoch = n // batch_size  # the last partial batch is dropped: a batch of 1 would break the batch norm
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    # One cycle (Smith & Topin 2018): warm up, then anneal to nearly zero, which gets MNIST past 99% in two epochs.
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25)
+    net.train()
+    for epoch in range(epochs):
+        order = epoch_order(n, seed, epoch).to(device)
+        with Meter(f"sample-quality classifier, epoch {epoch + 1}/{epochs}", steps_per_epoch) as meter:
+            for step in range(steps_per_epoch):
+                idx = order[step * batch_size : (step + 1) * batch_size]
+                x = to_unit_float(images.index_select(0, idx))  # (B, C, H, W) in [0, 1]
+                loss = F.cross_entropy(net(x), labels.index_select(0, idx))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                meter.advance(1, x.shape[0])
+                if step % 50 == 0:
+                    meter.note(f"loss {loss.item():.3f}")
+    net.eval()
+    return net, accuracy(net, test)
+
+
+@torch.no_grad()
+def classify(net: LabelNet, images: Tensor, device: Optional[torch.device] = None, batch: int = 1000) -> Tensor:
+    """Predicted labels (N,) on the CPU of images (N, C, H, W), uint8 or float in [0, 1], run `batch` at a time on `device` (the net's by default)."""
+    device = torch.device(device) if device is not None else next(net.parameters()).device
+    out = [net(as_unit_float(images[i : i + batch].to(device))).argmax(1).cpu() for i in range(0, images.shape[0], batch)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def accuracy(net: LabelNet, split: Split, batch: int = 1000) -> float:
+    """The share of the split's images whose label the net predicts."""
+    if split.labels is None or len(split) == 0:
+        raise ValueError("accuracy needs a labelled, non-empty split")
+    return float((classify(net, split.images, batch=batch) == split.labels.cpu()).double().mean())
+
+
+def as_unit_float(images: Tensor) -> Tensor:
+    """uint8 pixels become float in [0, 1]; float images pass as they are."""
+    return to_unit_float(images) if images.dtype == torch.uint8 else images.float()
+
+
+# ------------------------------------------------------------------ the cache
+
+
+def cache_dir(setting: Optional[str]) -> Path:
+    """`eval.cache_dir` as a path; unset: $XDG_CACHE_HOME/vae-runner, else ~/.cache/vae-runner."""
+    if setting:
+        return Path(setting).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vae-runner"
+
+
+def fingerprint(train: Split, seed: int, max_images: int) -> str:
+    """sha256 of what decides the weights: the training images and labels (bytes and shape), the seed, the cap and VERSION."""
+    h = hashlib.sha256(f"vae-runner LabelNet v{VERSION} seed={seed} max_images={max_images}\n".encode())
+    for t in (train.images, train.labels):
+        assert t is not None
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).reshape(-1).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def load_or_train(
+    train: Split,
+    test: Split,
+    *,
+    dataset: str,
+    num_classes: int,
+    cache_dir: Path,
+    seed: int = 0,
+    device: torch.device,
+    max_images: int = 60_000,
+) -> Classifier:
+    """The classifier of this training split: read from `cache_dir/classifiers/` when a verified copy is there, else trained and stored.
+
+    A second process asking for the same classifier meanwhile waits on a lock
+    beside the file and then reads it. A cache that cannot be read is trained
+    again; one that cannot be written costs a warning, never the run.
+    """
+    device = torch.device(device)
+    key = fingerprint(train, seed, max_images)
+    path = Path(cache_dir) / "classifiers" / f"{dataset}-{key[:16]}.pt"
+    lock: Any = nullcontext()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path.with_name(path.name + ".lock")))
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process to finish training the sample-quality classifier %s", path)
+        try:
+            lock.acquire(timeout=LOCK_WAIT_S)
+        except Timeout:
+            lock = nullcontext()  # trained here too; whichever process writes last leaves a whole, equivalent file
+    except OSError as err:
+        _warn_uncached(path, err.strerror or str(err))
+        lock = nullcontext()
+    try:
+        cached = _load(path, key, device)
+        if cached is not None:
+            return cached
+        log.info(
+            "training the sample-quality classifier for %s on %s images (cached in %s)",
+            dataset, f"{min(len(train), max_images):,}", path,
+        )
+        started = time.process_time()
+        net, test_accuracy = train_classifier(train, test, num_classes=num_classes, seed=seed, device=device, max_images=max_images)
+        log.info(
+            "sample-quality classifier for %s: test accuracy %.2f%% (%.0f CPU-s)", dataset, 100 * test_accuracy, time.process_time() - started,
+        )
+        stored = _store(path, net, key, dataset=dataset, test_accuracy=test_accuracy, images=min(len(train), max_images), seed=seed)
+        return Classifier(net, test_accuracy, path if stored else None)
+    finally:
+        if isinstance(lock, FileLock):
+            lock.release()
+
+
+def _load(path: Path, key: str, device: torch.device) -> Optional[Classifier]:
+    """The cached classifier at `path` if its checksum and fingerprint match; None (with one warning if it existed) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(_checksum_path(path).read_text())
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+            raise ValueError("its sha256 differs from the one recorded beside it")
+        saved = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        if saved["fingerprint"] != key or saved["version"] != VERSION:
+            raise ValueError("it was trained on other images or by another version")
+        net = LabelNet(**saved["net_kwargs"]).to(device)
+        net.load_state_dict(saved["state_dict"])
+    except Exception as err:  # any unreadable cache is retrained: a cache must never end a run's final evaluation
+        log.warning("the cached sample-quality classifier %s is unusable (%s); training it again", path, err)
+        return None
+    net.eval()
+    log.info("sample-quality classifier read from %s (test accuracy %.2f%%)", path, 100 * saved["test_accuracy"])
+    return Classifier(net, float(saved["test_accuracy"]), path)
+
+
+def _store(path: Path, net: LabelNet, key: str, **meta: Any) -> bool:
+    """Write the weights atomically and their sha256 beside them; False (with one warning) when the folder is unwritable."""
+    payload = {
+        "version": VERSION,
+        "fingerprint": key,
+        "net_kwargs": net.kwargs,
+        "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
+        "torch": torch.__version__,
+        **meta,
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    try:
+        atomic_write(path, lambda f: f.write(data))
+        write_json(_checksum_path(path), {"sha256": hashlib.sha256(data).hexdigest(), "fingerprint": key, **meta})
+    except OutputError as err:
+        _warn_uncached(path, str(err))
+        return False
+    return True
+
+
+def _checksum_path(path: Path) -> Path:
+    """The JSON beside a cache file that records its sha256."""
+    return path.with_suffix(".json")
+
+
+def _warn_uncached(path: Path, reason: str) -> None:
+    """Warn once per folder that the classifier could not be cached there."""
+    if str(path.parent) in _warned_uncached:
+        return
+    _warned_uncached.add(str(path.parent))
+    log.warning(
+        "could not cache the sample-quality classifier in %s (%s); it is trained for this run only: "
+        "set eval.cache_dir to a writable folder to keep it", path.parent, reason,
+    )
