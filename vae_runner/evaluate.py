@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from vae_runner.atomic import write_json
 from vae_runner.build import Batches, Built, build, planned_steps, validation_weights
 from vae_runner.checkpoint import load_checkpoint, load_model_state, seeded_rng
+from vae_runner.classifier import cache_dir, classify, load_or_train
 from vae_runner.config import Config, validate
 from vae_runner.data import LoadedData, Split, corrupt, stratified_indices, stratified_subset, to_unit_float
 from vae_runner.errors import UserError
@@ -35,6 +36,7 @@ from vae_runner.priors import Prior
 from vae_runner.progress import Meter
 from vae_runner.resume import EVALUATION_CHANGES
 from vae_runner.run_dir import RunDir, read_metrics
+from vae_runner.sample_quality import classifier_features, frechet_distance, inception_fid, label_accuracy
 from vae_runner.tracking import Tracker, prior_latents, reconstruction_grid, samples_grid
 
 log = logging.getLogger(__name__)
@@ -454,7 +456,7 @@ def disentanglement(model: VAE, batches: Batches, factors: Factors, seed: int, i
 
 
 def sample_quality(model: VAE, built: Built, cfg: DictConfig) -> dict[str, float]:
-    """`test/fd` (and `test/fid` with local Inception weights) of prior samples against the test images; a CVAE's `test/cvae_label_accuracy`.
+    """`test/fd` (and `test/fid` with local Inception weights) of n prior samples against n test images; a CVAE's `test/cvae_label_accuracy`.
 
     Features and labels come from a small classifier trained once on the run's
     training split and cached (`vae_runner.classifier`); without labelled
@@ -472,7 +474,7 @@ def sample_quality(model: VAE, built: Built, cfg: DictConfig) -> dict[str, float
     )
     n = fd_sample_count(cfg.eval.fd_samples, len(data.test))
     samples, intended = prior_samples(model, n, cfg.seed + SAMPLE_STREAM)
-    real = to_unit_float(data.test.images)
+    real = stratified_subset(data.test, n, cfg.seed + SAMPLE_STREAM).images  # (min(n, N), C, H, W) uint8
     metrics = {
         "test/fd": frechet_distance(classifier_features(classifier.net, real, device), classifier_features(classifier.net, samples, device)),
         "test/fd_samples": float(n),
@@ -482,7 +484,7 @@ def sample_quality(model: VAE, built: Built, cfg: DictConfig) -> dict[str, float
         predicted = classify(classifier.net, samples, device)
         metrics["test/cvae_label_accuracy"] = label_accuracy(predicted, intended, model.num_classes)
     if cfg.eval.inception_weights:
-        metrics["test/fid"] = inception_fid(Path(cfg.eval.inception_weights).expanduser(), data.test.images, samples, device=device)
+        metrics["test/fid"] = inception_fid(Path(cfg.eval.inception_weights).expanduser(), real, samples, device=device)
     else:
         log.info("test/fid skipped: eval.inception_weights is not set (the Inception weights cannot be downloaded offline)")
     return metrics
