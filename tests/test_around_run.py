@@ -110,7 +110,7 @@ def test_help_shows_groups_commands_and_no_internal_keys(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert "model           beta_tcvae, beta_vae, beta_vae_b, cvae, iwae, vae, vae_iaf, vae_planar, vamp   (now: cvae)" in text
-    assert "dataset         cifar10, fashion_mnist, image_folder, mnist   (now: mnist)" in text
+    assert "dataset         cifar10, dsprites, fashion_mnist, image_folder, mnist   (now: mnist)" in text
     assert "hydra/launcher  joblib, slurm, stacked, submitit_local, submitit_slurm" in text
     for command in ("vae-run -m model=beta_vae", "vae-run resume=", "vae-eval ", "vae-compare ", "tensorboard --logdir"):
         assert command in text

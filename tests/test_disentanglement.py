@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import special_ortho_group
 
 from vae_runner.disentanglement import (
+    MIN_IMAGES,
     dci_completeness,
     dci_disentanglement,
     disentanglement_report,
@@ -156,6 +157,8 @@ def test_dci_of_hand_importance_matrices() -> None:
     assert dci_disentanglement(shared) == pytest.approx(0.0, abs=1e-8)
     assert dci_completeness(shared) == pytest.approx(1.0, abs=1e-8)
     assert dci_disentanglement(np.zeros((3, 2))) == 0.0 and dci_completeness(np.zeros((3, 2))) == 0.0
+    # One dimension shared evenly by 5 factors (and its transpose): rounding alone gave -2.2e-16, clamped to 0.
+    assert dci_disentanglement(np.full((1, 5), 0.2)) == 0.0 and dci_completeness(np.full((5, 1), 0.2)) == 0.0
 
 
 # --------------------------------------------------------------------------- FactorVAE score and determinism
@@ -171,6 +174,17 @@ def test_factorvae_prunes_collapsed_dimensions(factor_codes: np.ndarray, dsprite
     assert factorvae_score(codes, dsprites_factors, seed=0, train_votes=500, eval_votes=500, prune_std=0.0) < 0.3  # 0.27
 
 
+def test_factorvae_draws_no_batch_from_a_value_held_by_one_image() -> None:
+    # Two factors of 5 values, 40 rows each, plus a sixth value of each held by a single row: 64 copies of that row
+    # would have zero variance everywhere and vote for dimension 0 whatever the factor: this pool scored 0.816 when drawn.
+    values = np.repeat(np.arange(5), 40)
+    rng = np.random.default_rng(0)
+    factors = np.stack([values, rng.permutation(values)], axis=1)
+    factors = np.concatenate([factors, [[5, 0], [0, 5]]])
+    codes = factors / 5 + rng.normal(0.0, 0.002, size=factors.shape)  # a perfect code
+    assert factorvae_score(codes, factors, seed=0, train_votes=500, eval_votes=500) == 1.0
+
+
 def test_report_is_a_function_of_its_inputs_and_seed(rotated_codes: np.ndarray, dsprites_factors: np.ndarray) -> None:
     kwargs = dict(samples=2000, factorvae_votes=(500, 250))
     first = disentanglement_report(rotated_codes, dsprites_factors, seed=3, **kwargs)
@@ -184,7 +198,16 @@ def test_report_is_a_function_of_its_inputs_and_seed(rotated_codes: np.ndarray, 
 def test_bad_codes_are_refused_with_a_sentence(dsprites_factors: np.ndarray) -> None:
     codes = np.zeros((ROWS, 3))
     codes[5, 1] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN") as err:
         disentanglement_report(codes, dsprites_factors)
+    assert ";" not in str(err.value) and "." not in str(err.value)  # one sentence
     with pytest.raises(ValueError, match="one row per image"):
         mig(np.zeros((10, 3)), dsprites_factors)
+
+
+def test_fewer_than_100_images_are_refused(factor_codes: np.ndarray, dsprites_factors: np.ndarray) -> None:
+    assert MIN_IMAGES == 100
+    with pytest.raises(ValueError, match="^the disentanglement metrics need at least 100 images, got 99$"):
+        disentanglement_report(factor_codes[:99], dsprites_factors[:99])
+    with pytest.raises(ValueError, match="got 50$"):
+        disentanglement_report(factor_codes, dsprites_factors, samples=50)

@@ -15,19 +15,14 @@ import pytest
 from tests.conftest import compose_config, vae_run
 from vae_runner.config import validate
 from vae_runner.data import dsprites, load_dataset
-from vae_runner.data.dsprites import CACHE_NAME, FACTORS, N_IMAGES, factor_grid, factor_indices, render, render_sprite
+from vae_runner.data.dsprites import (
+    CACHE_NAME, FACTORS, N_IMAGES, TEST_FRACTION, factor_grid, factor_indices, load_dsprites, render, render_sprite,
+)
 from vae_runner.errors import UserError
 
 SQUARE, ELLIPSE, HEART = 0, 1, 2
 MIDDLE = 16  # position index 16 puts the centre on pixel coordinate 32, the image's centre
 
-
-@pytest.fixture(scope="session")
-def dsprites_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dataset.root holding the generated cache, generated once per test session."""
-    root = tmp_path_factory.mktemp("dsprites")
-    dsprites.load_packed(root)
-    return root
 
 
 def _cache(root: Path) -> Path:
@@ -210,6 +205,15 @@ def test_splits_are_balanced_over_shapes_and_their_factors_redraw_their_images(d
             assert np.array_equal(image, render(*factors))
         flat.append(set(np.ravel_multi_index(split.factors.numpy().T, (3, 6, 40, 32, 32)).tolist()))
     assert not (flat[0] & flat[1]) and not (flat[0] & flat[2]) and not (flat[1] & flat[2])
+
+
+def test_val_fraction_moves_the_validation_split_but_not_the_test_split(dsprites_root: Path) -> None:
+    assert TEST_FRACTION == 0.1  # 73,728 test images before eval.test_samples
+    caps = dict(train_samples=30, val_samples=30, test_samples=60)
+    _, val_a, test_a = load_dsprites(dsprites_root, val_fraction=0.1, **caps)
+    _, val_b, test_b = load_dsprites(dsprites_root, val_fraction=0.3, **caps)
+    assert test_a.factors.tolist() == test_b.factors.tolist()
+    assert val_a.factors.tolist() != val_b.factors.tolist()
 
 
 def test_too_little_memory_for_every_image_is_refused_naming_the_caps(dsprites_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import scipy.linalg
 import torch
 
 from vae_runner import classifier as classifier_module
-from vae_runner.classifier import LabelNet, classify, load_or_train, train_classifier
+from vae_runner.classifier import MIN_IMAGE_SIZE, LabelNet, classify, fingerprint, load_or_train, train_classifier
 from vae_runner.data import Split, load_dataset, stratified_subset
 from vae_runner.errors import UserError
 from vae_runner.sample_quality import (
@@ -131,6 +133,32 @@ def test_label_net_takes_the_usual_image_sizes() -> None:
         assert net(x).shape == (2, 10) and net.features(x).shape == (2, 128)
 
 
+def test_label_net_takes_images_of_4_px_and_refuses_3() -> None:
+    assert MIN_IMAGE_SIZE == 4  # two 2x2 poolings bring 4 px to 1
+    net = LabelNet(channels=1, image_size=MIN_IMAGE_SIZE, num_classes=3)
+    assert net(torch.rand(2, 1, 4, 4)).shape == (2, 3)
+    with pytest.raises(ValueError, match="at least 4x4 px, got 3x3"):
+        LabelNet(channels=1, image_size=3, num_classes=3)
+
+
+def test_the_fingerprint_hashes_the_images_without_copying_them() -> None:
+    images = torch.randint(0, 256, (1000, 1, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))  # 65.5 MB
+    train = Split(images, torch.arange(1000) % 3)
+    tracemalloc.start()
+    try:
+        key = fingerprint(train, seed=0, max_images=60_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # bytes: a .tobytes() copy of the images would be 65.5 MB
+    # The digest of the copying version it replaced: caches written before stay valid.
+    h = hashlib.sha256(f"vae-runner LabelNet v{classifier_module.VERSION} seed=0 max_images=60000\n".encode())
+    for t in (train.images, train.labels):
+        h.update(f"{t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).reshape(-1).numpy().tobytes())
+    assert key == h.hexdigest()
+
+
 def test_the_second_call_reads_the_cache_and_gets_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     train, test = toy_splits()
     first = load_or_train(train, test, dataset="toy", num_classes=3, cache_dir=tmp_path, device=CPU)
@@ -146,6 +174,19 @@ def test_the_second_call_reads_the_cache_and_gets_the_same_weights(tmp_path: Pat
     second = load_or_train(train, test, dataset="toy", num_classes=3, cache_dir=tmp_path, device=CPU)
     assert second.path == first.path and second.test_accuracy == first.test_accuracy
     assert same_weights(first.net, second.net) and not second.net.training
+
+
+def test_a_cached_classifier_is_scored_on_the_test_split_of_this_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train, test = toy_splits()
+    first = load_or_train(train, test, dataset="toy", num_classes=3, cache_dir=tmp_path, device=CPU)
+    monkeypatch.setattr(classifier_module, "train_classifier", None)  # a second training would fail
+    shifted = Split(test.images, (test.labels + 1) % 3)  # every label moved to the next class
+    second = load_or_train(train, shifted, dataset="toy", num_classes=3, cache_dir=tmp_path, device=CPU)
+    # 1.0 then 0.0 here: each prediction right against a label is wrong against the moved one.
+    assert first.test_accuracy > 0.9 and second.test_accuracy < 0.1
+    assert second.path == first.path
+    # The cache keeps the accuracy measured when it was trained.
+    assert json.loads(first.path.with_suffix(".json").read_text())["test_accuracy"] == first.test_accuracy
 
 
 def test_a_corrupted_cache_file_is_retrained_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

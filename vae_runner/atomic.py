@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,13 +16,14 @@ from vae_runner.errors import UserError
 # a full disk is recognised by these phrases (torch 2.x, inline_container.cc) or by an OSError
 # in the exception's chain (a Python file object's own write failing underneath it).
 _WRITE_FAILURES = ("file write failed", "failed writing", "unexpected pos", "iostream error", "No space left on device")
+RUN_DIR = "output folder (hydra.run.dir=...)"  # what a failed write suggests choosing instead, unless the caller names another setting
 
 
 class OutputError(UserError):
     """The run directory could not be written (disk full, read-only, not a folder)."""
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any], elsewhere: str = "output folder (hydra.run.dir=...)") -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any], elsewhere: str = RUN_DIR) -> None:
     """Write through a temporary file, fsync, then rename: a kill leaves the old file or the new, never half of one.
 
     Whatever `write` raises, the temporary file is removed and the previous file
@@ -94,6 +96,15 @@ def human_bytes(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically."""
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
+def write_json(path: Path, data: Any, elsewhere: str = RUN_DIR) -> None:
+    """Write JSON atomically; `elsewhere` is what a failed write tells the user to choose instead (see `atomic_write`)."""
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()), elsewhere=elsewhere)
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (any `hashlib` algorithm), read in 1 MiB chunks so a large file is never held in memory."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -17,7 +17,8 @@ import logging
 import math
 import os
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -42,6 +43,7 @@ WIDTH, EPOCHS, BATCH_SIZE, LR = 16, 3, 128, 6e-3
 # Small training sets get more epochs, up to this many steps: MNIST's 1,000-image subsets reach 96.5% test accuracy in
 # 105 steps (5 CPU-s) but 27% in 3 epochs (21 steps), too few for the batch norms' running statistics to settle.
 MIN_STEPS = 120
+MIN_IMAGE_SIZE = 4  # the smallest side LabelNet takes: its two 2x2 poolings bring 4 px to 1 (3 px would reach 0)
 LOCK_WAIT_S = 3600.0  # how long a second process waits for the first to finish training before it trains uncached
 _warned_uncached: set[str] = set()  # cache folders already reported unwritable by this process
 
@@ -64,6 +66,8 @@ class LabelNet(nn.Module):
 
     def __init__(self, channels: int, image_size: int, num_classes: int, width: int = WIDTH, feature_dim: int = FEATURE_DIM):
         super().__init__()
+        if image_size < MIN_IMAGE_SIZE:
+            raise ValueError(f"LabelNet needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} px, got {image_size}x{image_size}")
         # The constructor's arguments, saved with the weights so that a cached copy is rebuilt exactly.
         self.kwargs = {"channels": channels, "image_size": image_size, "num_classes": num_classes, "width": width, "feature_dim": feature_dim}
         # 28 and 32 pixels get two halvings (to 7 or 8), 64 pixels three: the last block always sees a map of about 8x8.
@@ -90,7 +94,7 @@ class LabelNet(nn.Module):
 
 @dataclass
 class Classifier:
-    """A trained LabelNet in eval mode, its accuracy on the test split, and the cache file it came from (None: not cached)."""
+    """A trained LabelNet in eval mode, its accuracy on the test split it was asked with, and its cache file (None: not cached)."""
 
     net: LabelNet
     test_accuracy: float
@@ -162,10 +166,16 @@ def planned_epochs(n: int, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE) -
 
 
 @torch.no_grad()
+def apply_in_chunks(fn: Callable[[Tensor], Tensor], images: Tensor | Iterable[Tensor], device: torch.device, batch: int = 1000) -> list[Tensor]:
+    """`fn`'s outputs, each moved to the CPU, on images (N, C, H, W) taken `batch` at a time (or an iterable of such batches) as float in [0, 1] on `device`."""
+    batches = (images[i : i + batch] for i in range(0, images.shape[0], batch)) if isinstance(images, Tensor) else images
+    return [fn(as_unit_float(x.to(device))).cpu() for x in batches]
+
+
 def classify(net: LabelNet, images: Tensor, device: Optional[torch.device] = None, batch: int = 1000) -> Tensor:
     """Predicted labels (N,) on the CPU of images (N, C, H, W), uint8 or float in [0, 1], run `batch` at a time on `device` (the net's by default)."""
     device = torch.device(device) if device is not None else next(net.parameters()).device
-    out = [net(as_unit_float(images[i : i + batch].to(device))).argmax(1).cpu() for i in range(0, images.shape[0], batch)]
+    out = apply_in_chunks(lambda x: net(x).argmax(1), images, device, batch)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
@@ -197,7 +207,7 @@ def fingerprint(train: Split, seed: int, max_images: int) -> str:
     for t in (train.images, train.labels):
         t = torch.zeros(0) if t is None else t.detach().cpu().contiguous()
         h.update(f"{t.dtype} {tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).reshape(-1).numpy().tobytes() if t.numel() else b"")
+        h.update(t.view(torch.uint8).reshape(-1).numpy())  # the tensor's own memory: no copy of a 2.4 GB training split
     return h.hexdigest()
 
 
@@ -212,7 +222,7 @@ def load_or_train(
     device: torch.device,
     max_images: int = 60_000,
 ) -> Classifier:
-    """The classifier of this training split: read from `cache_dir/classifiers/` when a verified copy is there, else trained and stored.
+    """The classifier of this training split, with its accuracy on `test`: read from `cache_dir/classifiers/` when a verified copy is there, else trained and stored.
 
     A second process asking for the same classifier meanwhile waits on a lock
     beside the file and then reads it. A cache that cannot be read is trained
@@ -223,46 +233,65 @@ def load_or_train(
     device = torch.device(device)
     key = fingerprint(train, seed, max_images)
     path = Path(cache_dir) / "classifiers" / f"{dataset}-{key[:16]}.pt"
-    lock: Any = nullcontext()
-    where = f"cached in {path}"
+    with _cache_lock(path) as writable:
+        net = _load(path, key, device)
+        if net is None:
+            where = path if writable else None
+            return _train_and_store(train, test, where, key, dataset=dataset, num_classes=num_classes, seed=seed, device=device, max_images=max_images)
+    # Measured here, not read from the cache: the cached accuracy is on the test split of whichever run trained it.
+    return Classifier(net, accuracy(net, test), path)
+
+
+@contextmanager
+def _cache_lock(path: Path) -> Iterator[bool]:
+    """Hold the lock beside `path` for the block; yield whether the cache folder is writable (False: one warning, no lock)."""
+    writable, held = True, None  # held: the lock, once taken
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path.with_name(path.name + ".lock")))
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("waiting for another process to finish training the sample-quality classifier %s", path)
-        try:
-            lock.acquire(timeout=LOCK_WAIT_S)
-        except Timeout:
-            lock = nullcontext()  # trained here too; whichever process writes last leaves a whole, equivalent file
+        held = lock if _acquire(lock, path) else None
     except OSError as err:
         # Unwritable: a copy already there can still be read (a shared, read-only cache); otherwise train uncached.
         _warn_uncached(path, f"could not write in {path.parent} ({err.strerror or err}); set eval.cache_dir to a writable folder to keep it")
-        lock, where = nullcontext(), "not cached"
+        writable = False
     try:
-        cached = _load(path, key, device)
-        if cached is not None:
-            return cached
-        images = min(len(train), max_images)
-        log.info("training the sample-quality classifier for %s on %s images (%s)", dataset, f"{images:,}", where)
-        started = time.process_time()
-        net, test_accuracy = train_classifier(
-            train, test, num_classes=num_classes, seed=seed, device=device, epochs=EPOCHS, max_images=max_images,
-        )
-        log.info(
-            "sample-quality classifier for %s: test accuracy %.2f%% (%.0f CPU-s)", dataset, 100 * test_accuracy, time.process_time() - started,
-        )
-        stored = where != "not cached" and _store(
-            path, net, key, dataset=dataset, test_accuracy=test_accuracy, images=images, epochs=planned_epochs(images), seed=seed,
-        )
-        return Classifier(net, test_accuracy, path if stored else None)
+        yield writable
     finally:
-        if isinstance(lock, FileLock):
-            lock.release()
+        if held is not None:
+            held.release()
 
 
-def _load(path: Path, key: str, device: torch.device) -> Optional[Classifier]:
-    """The cached classifier at `path` if its checksum and fingerprint match; None (with one warning if it existed) otherwise."""
+def _acquire(lock: FileLock, path: Path) -> bool:
+    """Take the lock, waiting up to LOCK_WAIT_S for another process training the same classifier; False when that wait runs out."""
+    try:
+        lock.acquire(timeout=0)
+        return True
+    except Timeout:
+        log.info("waiting for another process to finish training the sample-quality classifier %s", path)
+    try:
+        lock.acquire(timeout=LOCK_WAIT_S)
+        return True
+    except Timeout:
+        return False  # trained here too; whichever process writes last leaves a whole, equivalent file
+
+
+def _train_and_store(
+    train: Split, test: Split, path: Optional[Path], key: str, *, dataset: str, num_classes: int, seed: int, device: torch.device, max_images: int,
+) -> Classifier:
+    """Train the classifier, store it at `path` (None: the cache is unwritable, so not at all) and return it with its `test` accuracy."""
+    images = min(len(train), max_images)
+    log.info("training the sample-quality classifier for %s on %s images (%s)", dataset, f"{images:,}", f"cached in {path}" if path else "not cached")
+    started = time.process_time()
+    net, test_accuracy = train_classifier(train, test, num_classes=num_classes, seed=seed, device=device, epochs=EPOCHS, max_images=max_images)
+    log.info("sample-quality classifier for %s: test accuracy %.2f%% (%.0f CPU-s)", dataset, 100 * test_accuracy, time.process_time() - started)
+    stored = path is not None and _store(
+        path, net, key, dataset=dataset, test_accuracy=test_accuracy, images=images, epochs=planned_epochs(images), seed=seed,
+    )
+    return Classifier(net, test_accuracy, path if stored else None)
+
+
+def _load(path: Path, key: str, device: torch.device) -> Optional[LabelNet]:
+    """The cached net at `path`, in eval mode, if its checksum and fingerprint match; None (with one warning if it existed) otherwise."""
     if not path.is_file():
         return None
     try:
@@ -278,9 +307,8 @@ def _load(path: Path, key: str, device: torch.device) -> Optional[Classifier]:
     except Exception as err:  # any unreadable cache is retrained: a cache must never end a run's final evaluation
         log.warning("the cached sample-quality classifier %s is unusable (%s); training it again", path, first_line(err))
         return None
-    net.eval()
-    log.info("sample-quality classifier read from %s (test accuracy %.2f%%)", path, 100 * saved["test_accuracy"])
-    return Classifier(net, float(saved["test_accuracy"]), path)
+    log.info("sample-quality classifier read from %s (test accuracy %.2f%% when trained)", path, 100 * saved["test_accuracy"])
+    return net.eval()
 
 
 def _store(path: Path, net: LabelNet, key: str, **meta: Any) -> bool:

@@ -21,6 +21,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from vae_runner.atomic import atomic_write
+from vae_runner.compare import COUNT_SUFFIXES
 from vae_runner.config import STAMP_ENV, SWEPT_ENV, config_dir, register_configs, run_stamp, swept_keys, validate
 from vae_runner.errors import UserError
 from vae_runner.help import config_rows, help_text
@@ -80,7 +81,7 @@ def _shown(name: str, value: float, se: Optional[float]) -> str:
     """A metric as the table shows it: counts whole, epochs short, the rest to 3 decimals, `± SE` when it has one."""
     if name.endswith("epochs"):
         return f"{value:.3g}"  # 10, or 0.533 when train.max_steps stopped mid-epoch
-    if name.endswith(("images_per_s", "steps", "units", "_images", "_votes", "_samples")):
+    if name.endswith(COUNT_SUFFIXES):
         return f"{value:,.0f}"
     return f"{value:,.3f}" + (f" {plus_minus()} {se:.3f}" if se is not None else "")
 

@@ -47,7 +47,7 @@ _IGNORED_KEYS = frozenset({"seed", "dataset.root", "dataset.path", "device", "re
 _IGNORED_PREFIXES = ("hydra.", "hydra/")
 
 # Metrics that count things: shown without decimals.
-_COUNT_SUFFIXES = ("steps", "epochs", "images_per_s", "params", "units", "_images", "_votes", "_samples")
+COUNT_SUFFIXES = ("steps", "epochs", "images_per_s", "params", "units", "_images", "_votes", "_samples")
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,7 @@ def format_number(name: str, value: float, decimals: int | None = None) -> str:
     if not math.isfinite(value):
         return str(value)
     if decimals is None:
-        if name.endswith(_COUNT_SUFFIXES):
+        if name.endswith(COUNT_SUFFIXES):
             decimals = 0
         elif value != 0 and abs(value) < 0.01:
             return f"{value:.3g}"

@@ -121,7 +121,7 @@ class EvalConfig:
     nll_chunk: int = 10  # samples decoded at once: memory, and speed (larger temporaries are page-faulted again on every chunk)
     test_samples: Optional[int] = None  # evaluate only N test images, drawn across classes with a fixed seed
     # On a dataset with known factors (dsprites): MIG, DCI, SAP and the FactorVAE score from the posterior means of
-    # N test images drawn with the run's seed.
+    # N test images, the same fixed draw for every run.
     disentanglement_images: int = 10_000
     # test/fd and a CVAE's test/cvae_label_accuracy, through a small classifier trained once per training split and cached.
     sample_quality: bool = True
@@ -308,6 +308,8 @@ def _check_dataset(d: DictConfig) -> None:
         raise UserError(f"dataset.channels={d.channels} applies to image folders and the CIFAR-10 image tree; {d.name} is greyscale: leave it unset.")
     if not (math.isfinite(d.val_fraction) and 0 < d.val_fraction < 1):
         raise UserError(f"dataset.val_fraction={d.val_fraction} must lie strictly between 0 and 1.")
+    if d.name == "dsprites" and d.binarize != "none":
+        raise UserError(f"dataset.binarize={d.binarize} does nothing on dsprites, whose pixels are already 0 or 1; leave it at none.")
     if d.name == "image_folder" and not d.path:
         raise UserError("dataset=image_folder needs dataset.path: pass dataset.path=/folder/of/images.")
 
@@ -331,14 +333,17 @@ def _check_train(t: DictConfig, o: DictConfig, e: DictConfig) -> None:
     _positive("eval.nll_chunk", e.nll_chunk)
     if e.test_samples is not None:
         _positive("eval.test_samples", e.test_samples)
-    _positive("eval.disentanglement_images", e.disentanglement_images)
+    if e.disentanglement_images < 100:
+        raise UserError(
+            f"eval.disentanglement_images={e.disentanglement_images} is too few to estimate mutual information and train the DCI "
+            f"and SAP classifiers; use 100 or more (10,000 is the convention)."
+        )
     if e.fd_samples != "auto" and (isinstance(e.fd_samples, bool) or not isinstance(e.fd_samples, int) or e.fd_samples < 2):
         raise UserError(f"eval.fd_samples={e.fd_samples!r} is not a number of samples; use an integer of 2 or more, or auto.")
-    if e.inception_weights is not None and not Path(e.inception_weights).expanduser().is_file():
-        raise UserError(
-            f"eval.inception_weights={e.inception_weights} is not a file; pass the path of a local copy of "
-            f"pt_inception-2015-12-05-6726825d.pth, or leave it unset to skip test/fid."
-        )
+    if e.inception_weights is not None:
+        from vae_runner.sample_quality import check_inception_weights  # torch loads only when the key is set
+
+        check_inception_weights(e.inception_weights)
     if e.nll_images not in ("auto", "all"):
         if isinstance(e.nll_images, bool) or not isinstance(e.nll_images, int) or e.nll_images < 1:
             raise UserError(f"eval.nll_images={e.nll_images!r} is not a number of images; use a positive integer, all or auto.")

@@ -17,7 +17,6 @@ import logging
 import time
 
 import numpy as np
-import scipy.stats
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import mutual_info_score
 from sklearn.svm import LinearSVC
@@ -28,6 +27,8 @@ MIG_BINS = 20  # disentanglement_lib's `discretizer.num_bins` for MIG
 DCI_TEST_SHARE = 1 / 3  # disentanglement_lib draws 10,000 train and 5,000 test points for DCI and SAP
 FACTORVAE_PRUNE_STD = 0.05  # disentanglement_lib's `prune_dims.threshold` in its metric configs
 FACTORVAE_BATCH_SIZE = 64  # disentanglement_lib's `factor_vae_score.batch_size`
+# The fewest images `disentanglement_report` scores: below it DCI and SAP would test on a few dozen codes.
+MIN_IMAGES = 100
 
 
 # --------------------------------------------------------------------------- input checks
@@ -46,16 +47,16 @@ def _check(codes: np.ndarray, factors: np.ndarray, min_rows: int = 2) -> tuple[n
         raise ValueError(f"factors must hold integer value indices, got dtype {factors.dtype}")
     codes = codes.astype(np.float64)
     if not np.isfinite(codes).all():
-        raise ValueError("codes contain NaN or infinite values; the encoder diverged, so there is nothing to measure")
+        raise ValueError("the codes hold NaN or infinite values (the encoder diverged), so there is nothing to measure")
     return codes, factors.astype(np.int64)
 
 
 def _varying(factors: np.ndarray) -> np.ndarray:
-    """Factors (N, K') that take more than one value; a ValueError when none does."""
+    """Mask (K,) of the factors that take more than one value in these rows; a ValueError when none does."""
     keep = (factors != factors[:1]).any(axis=0)
     if not keep.any():
-        raise ValueError(f"every one of the {factors.shape[1]} factors takes a single value in these {factors.shape[0]} images; nothing to measure")
-    return factors[:, keep]
+        raise ValueError(f"every one of the {factors.shape[1]} factors takes a single value in these {factors.shape[0]} images, so there is nothing to measure")
+    return keep
 
 
 def _normalised_entropy(p: np.ndarray, axis: int) -> np.ndarray:
@@ -63,7 +64,8 @@ def _normalised_entropy(p: np.ndarray, axis: int) -> np.ndarray:
     n = p.shape[axis]
     if n == 1:  # a single outcome: zero entropy (log base 1 is undefined)
         return np.zeros(p.shape[1 - axis])
-    return scipy.stats.entropy(p, base=n, axis=axis)
+    p = p / p.sum(axis=axis, keepdims=True)
+    return -np.sum(p * np.log(np.where(p > 0, p, 1.0)), axis=axis) / np.log(n)  # 0 log 0 = 0
 
 
 def _top_two_gap(scores: np.ndarray) -> np.ndarray:
@@ -94,6 +96,11 @@ def mutual_information(codes: np.ndarray, factors: np.ndarray, bins: int = MIG_B
     by the factor it captures best with `mutual_information(...).argmax(axis=1)`.
     """
     codes, factors = _check(codes, factors, min_rows=1)
+    return _mutual_information(codes, factors, bins)
+
+
+def _mutual_information(codes: np.ndarray, factors: np.ndarray, bins: int) -> np.ndarray:
+    """`mutual_information` of checked inputs."""
     binned = discretise(codes, bins)
     return np.array([[mutual_info_score(factors[:, k], binned[:, d]) for k in range(factors.shape[1])] for d in range(codes.shape[1])])
 
@@ -108,13 +115,19 @@ def mig(codes: np.ndarray, factors: np.ndarray, bins: int = MIG_BINS) -> float:
     about ln 20 / ln 40 = 0.81.
     """
     codes, factors = _check(codes, factors, min_rows=1)
-    return float(np.mean(_top_two_gap(normalized_mutual_information(codes, _varying(factors), bins))))
+    return float(np.mean(_top_two_gap(_normalized_mutual_information(codes, factors[:, _varying(factors)], bins))))
 
 
 def normalized_mutual_information(codes: np.ndarray, factors: np.ndarray, bins: int = MIG_BINS) -> np.ndarray:
     """I(z_d; v_k) / H(v_k), (D, K): the share of each factor's entropy each dimension captures (0 for a factor with one value)."""
+    codes, factors = _check(codes, factors, min_rows=1)
+    return _normalized_mutual_information(codes, factors, bins)
+
+
+def _normalized_mutual_information(codes: np.ndarray, factors: np.ndarray, bins: int) -> np.ndarray:
+    """`normalized_mutual_information` of checked inputs."""
     entropy = np.array([mutual_info_score(v, v) for v in factors.T])  # H(v_k) = I(v_k; v_k)
-    mi = mutual_information(codes, factors, bins)
+    mi = _mutual_information(codes, factors, bins)
     return np.divide(mi, entropy, out=np.zeros_like(mi), where=entropy > 0)
 
 
@@ -144,9 +157,7 @@ def importance_matrix(
     """
     codes_train, factors_train = _check(codes_train, factors_train, min_rows=1)
     codes_test, factors_test = _check(codes_test, factors_test, min_rows=1)
-    keep = (factors_train != factors_train[:1]).any(axis=0)
-    if not keep.any():
-        raise ValueError("every factor takes a single value in the train part; nothing to measure")
+    keep = _varying(factors_train)
     factors_train, factors_test = factors_train[:, keep], factors_test[:, keep]
     importance = np.zeros((codes_train.shape[1], factors_train.shape[1]))
     accuracy = np.zeros(factors_train.shape[1])
@@ -172,7 +183,7 @@ def dci_disentanglement(importance: np.ndarray) -> float:
         return 0.0
     per_code = 1.0 - _normalised_entropy(importance + 1e-11, axis=1)
     code_share = importance.sum(axis=1) / importance.sum()
-    return float(np.sum(per_code * code_share))
+    return float(np.clip(np.sum(per_code * code_share), 0.0, 1.0))  # rounding leaves -2e-16 for a code shared evenly
 
 
 def dci_completeness(importance: np.ndarray) -> float:
@@ -185,7 +196,7 @@ def dci_completeness(importance: np.ndarray) -> float:
         return 0.0
     per_factor = 1.0 - _normalised_entropy(importance + 1e-11, axis=0)
     factor_share = importance.sum(axis=0) / importance.sum()
-    return float(np.sum(per_factor * factor_share))
+    return float(np.clip(np.sum(per_factor * factor_share), 0.0, 1.0))  # rounding leaves -2e-16 for a factor spread evenly
 
 
 def dci(
@@ -224,9 +235,7 @@ def sap_score_matrix(codes_train: np.ndarray, factors_train: np.ndarray, codes_t
     """
     codes_train, factors_train = _check(codes_train, factors_train, min_rows=1)
     codes_test, factors_test = _check(codes_test, factors_test, min_rows=1)
-    keep = (factors_train != factors_train[:1]).any(axis=0)
-    if not keep.any():
-        raise ValueError("every factor takes a single value in the train part; nothing to measure")
+    keep = _varying(factors_train)
     factors_train, factors_test = factors_train[:, keep], factors_test[:, keep]
     scores = np.zeros((codes_train.shape[1], factors_train.shape[1]))
     for d in range(codes_train.shape[1]):
@@ -262,8 +271,9 @@ def _factorvae_votes(
 ) -> np.ndarray:
     """Vote counts (D_active, K): for each vote, the dimension of least normalised variance in a batch whose factor k is fixed."""
     counts = np.zeros((codes.shape[1], factors.shape[1]), dtype=np.int64)
+    drawn = [k for k in range(len(groups)) if groups[k]]  # factors with a value held by at least 2 images
     for _ in range(votes):
-        k = rng.integers(len(groups))
+        k = drawn[rng.integers(len(drawn))]
         members = groups[k][rng.integers(len(groups[k]))]
         # A pool smaller than the batch is drawn with replacement, since no other images with that value exist.
         rows = rng.choice(members, size=batch_size, replace=len(members) < batch_size)
@@ -286,25 +296,28 @@ def factorvae_score(
     As disentanglement_lib's `compute_factor_vae`, but on a pool of precomputed codes rather
     than re-encoding fresh images: the global variance (ddof=1) of each dimension is taken
     over the pool, and dimensions with std < `prune_std` are pruned (none left scores 0).
-    A vote picks a factor k uniformly, one of its values present in the pool uniformly, and
+    A vote picks a factor k uniformly (among those that can give a batch), one of its values held by at least 2 pool rows uniformly
+    (a single row repeated would have zero variance in every dimension and vote at random), and
     `batch_size` pool rows with that value (with replacement only when fewer exist); it
     votes (argmin_d Var_batch(z_d) / Var_pool(z_d), k). The classifier maps each dimension
     to its most-voted factor over `train_votes` votes (ties to the lower factor index) and
     the score is its accuracy on `eval_votes` fresh votes.
     """
     codes, factors = _check(codes, factors)
-    factors = _varying(factors)
+    factors = factors[:, _varying(factors)]
     global_variance = codes.var(axis=0, ddof=1)
     active = np.sqrt(global_variance) >= prune_std
     if not active.any():
         return 0.0
     codes, global_variance = codes[:, active], global_variance[active]
-    # The pool rows of each value of each factor, found once instead of once per vote.
+    # The pool rows of each value of each factor held by at least 2 rows, found once instead of once per vote.
     groups = []
     for v in factors.T:
         order = np.argsort(v, kind="stable")
         starts = np.unique(v[order], return_index=True)[1]
-        groups.append(np.split(order, starts[1:]))
+        groups.append([rows for rows in np.split(order, starts[1:]) if len(rows) >= 2])
+    if not any(groups):
+        raise ValueError(f"no factor value is held by 2 or more of these {codes.shape[0]} images, so the FactorVAE score has no batch to draw")
     rng = np.random.default_rng(seed)
     train = _factorvae_votes(codes, factors, global_variance, groups, train_votes, batch_size, rng)
     classifier = train.argmax(axis=1)  # (D_active,) factor predicted for each dimension
@@ -327,9 +340,11 @@ def disentanglement_report(
     MIG and the FactorVAE score (train, eval votes = `factorvae_votes`) use the whole subset;
     DCI and SAP fit on its first 2/3 and test on the last 1/3 (`DCI_TEST_SHARE`), the
     10,000 : 5,000 ratio of disentanglement_lib. The image and vote counts used are returned
-    alongside the scores (as floats, like every value).
+    alongside the scores (as floats, like every value). Fewer than MIN_IMAGES images are refused.
     """
-    codes, factors = _check(codes, factors, min_rows=3)
+    codes, factors = _check(codes, factors)
+    if min(samples, codes.shape[0]) < MIN_IMAGES:
+        raise ValueError(f"the disentanglement metrics need at least {MIN_IMAGES} images, got {min(samples, codes.shape[0])}")
     rng = np.random.default_rng(seed)
     subset = rng.permutation(codes.shape[0])[:samples]
     codes, factors = codes[subset], factors[subset]

@@ -21,9 +21,9 @@ from torch.utils.data import Dataset
 from vae_runner.atomic import write_json
 from vae_runner.build import Batches, Built, build, planned_steps, validation_weights
 from vae_runner.checkpoint import load_checkpoint, load_model_state, seeded_rng
-from vae_runner.classifier import cache_dir, classify, load_or_train
+from vae_runner.classifier import MIN_IMAGE_SIZE, cache_dir, classify, load_or_train
 from vae_runner.config import Config, validate
-from vae_runner.data import LoadedData, Split, corrupt, stratified_indices, stratified_subset, to_unit_float
+from vae_runner.data import SPLIT_SEED, LoadedData, Split, corrupt, make_batches, select_classes, stratified_indices, stratified_subset, to_unit_float
 from vae_runner.errors import UserError
 from vae_runner.lock import RunLock
 from vae_runner.metrics import active_units, auroc, importance_log_likelihood, kl_per_dim, psnr, summarise_bounds
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 # so changing K moves test/nll alone, never test/elbo.
 NLL_STREAM, ELBO_STREAM, NOISE_STREAM, SAMPLE_STREAM = 0, 1, 2, 3
 FD_SAMPLES = 10_000  # eval.fd_samples=auto's ceiling: the usual count of an FID (Heusel et al. 2017)
+# The test images the disentanglement metrics and the FD score are a fixed draw, not the run's seed: every run is scored on the same ones.
+EVAL_SEED = SPLIT_SEED + 3
 NLL_DECODE_SHARE, NLL_MIN_IMAGES = 0.2, 100  # eval.nll_images=auto (see nll_image_count)
 # A CVAE's likelihoods are conditional on the true label, and named so.
 GIVEN_LABEL = {"nll": "nll_given_label", "nll_se": "nll_given_label_se", "elbo": "elbo_given_label", "bits_per_dim": "bits_per_dim_given_label"}
@@ -210,7 +212,7 @@ def posterior_report(
         tracker.histogram("val_kl_per_dim/all", ranking, step)
         tracker.histogram("val/posterior_std", torch.exp(0.5 * post.logvar), step)
     if pictures:
-        notes = captured_factors(post.mean, factors) if factors is not None else ()
+        notes = captured_factors(post.mean, factors) if factors is not None and torch.isfinite(post.mean).all() else ()
         latent_pictures(tracker, model, examples, (ranking, score), post.mean, post.labels, step, class_names, notes)
     return {"active_units": float(n_active)}
 
@@ -435,7 +437,7 @@ def final_report(
     metrics.update(test_report(model, built.test, tracker, step, cfg, nll_images))
     factors = split_factors(built.data, "test")
     if factors is not None:
-        metrics.update(disentanglement(model, built.test, factors, cfg.seed, cfg.eval.disentanglement_images))
+        metrics.update(disentanglement(model, built.data.test, cfg.train.batch_size, factors, cfg.eval.disentanglement_images))
     if cfg.eval.sample_quality:
         metrics.update(sample_quality(model, built, cfg))
     tracker.scalars("test", {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("test/")}, step)
@@ -446,12 +448,29 @@ def final_report(
 # ------------------------------------------------------------------ what the model learned: factors, and samples
 
 
-def disentanglement(model: VAE, batches: Batches, factors: Factors, seed: int, images: int) -> dict[str, float]:
-    """MIG, DCI, SAP and the FactorVAE score of the test images' posterior means against their known factors (`vae_runner.disentanglement`)."""
-    from vae_runner.disentanglement import disentanglement_report  # scikit-learn loads when a dataset has factors
+def disentanglement(model: VAE, test: Split, batch_size: int, factors: Factors, images: int) -> dict[str, float]:
+    """MIG, DCI, SAP and the FactorVAE score of `images` test images' posterior means against their known factors (`vae_runner.disentanglement`).
 
-    codes = collect_posteriors(model, batches, seed).mean  # (N, D)
-    report = disentanglement_report(codes.double().numpy(), factors.values.numpy(), seed=seed, samples=images)
+    The images are a fixed draw (EVAL_SEED), so runs of any seed are scored on the same
+    ones; a CVAE is not scored on the factor its label gives it (dsprites' shape).
+    """
+    from vae_runner.disentanglement import MIN_IMAGES, disentanglement_report  # scikit-learn loads when a dataset has factors
+
+    if len(test) < MIN_IMAGES:
+        log.info("test/mig skipped: the disentanglement metrics need at least %d test images, and there are %d", MIN_IMAGES, len(test))
+        return {}
+    rows = stratified_indices(None, len(test), images, EVAL_SEED)
+    picked = test.index(rows)
+    codes = collect_posteriors(model, make_batches(picked, batch_size, next(model.parameters()).device, shuffle=False)).mean  # (n, D)
+    values, names = factors.values[rows], factors.names
+    if model.num_classes and picked.labels is not None:
+        given = [k for k in range(values.shape[1]) if torch.equal(values[:, k], picked.labels)]
+        values, names = values[:, [k for k in range(values.shape[1]) if k not in given]], [n for k, n in enumerate(names) if k not in given]
+    if not torch.isfinite(codes).all():
+        log.warning("test/mig skipped: some posterior means are not finite")
+        return {}
+    report = disentanglement_report(codes.double().numpy(), values.numpy(), seed=EVAL_SEED, samples=len(rows))
+    log.info("disentanglement scored against %s on %d test images", ", ".join(names), len(rows))
     return {f"test/{name}": float(value) for name, value in report.items()}
 
 
@@ -459,30 +478,31 @@ def sample_quality(model: VAE, built: Built, cfg: DictConfig) -> dict[str, float
     """`test/fd` (and `test/fid` with local Inception weights) of n prior samples against n test images; a CVAE's `test/cvae_label_accuracy`.
 
     Features and labels come from a small classifier trained once on the run's
-    training split and cached (`vae_runner.classifier`); without labelled
-    images in memory there is none, and the measures are skipped with one line.
+    training split and cached (`vae_runner.classifier`). The test images are a fixed
+    draw (EVAL_SEED) of the classes trained on; binarised data gets binary samples.
+    When there can be no classifier, the measures are skipped with one line.
     """
-    data = built.data
-    if not (isinstance(data.train, Split) and isinstance(data.test, Split)) or data.train.labels is None:
-        why = "its images stream from disk" if data.train.labels is not None or not isinstance(data.train, Split) else "its images have no labels"
-        log.info("test/fd skipped: the sample-quality classifier needs labelled images in memory, and %s", why)
+    data, d = built.data, cfg.dataset
+    test = data.test if not d.holdout_classes or not isinstance(data.test, Split) else select_classes(data.test, d.holdout_classes, keep=False)
+    why = _no_sample_quality(data, test)
+    if why:
+        log.info("test/fd skipped: %s", why)
         return {}
     device = built.device
     classifier = load_or_train(
-        data.train, data.test, dataset=data.info.name, num_classes=data.info.num_classes,
-        cache_dir=cache_dir(cfg.eval.cache_dir), seed=0, device=device,
+        data.train, test, dataset=data.info.name, num_classes=data.info.num_classes, cache_dir=cache_dir(cfg.eval.cache_dir), seed=0, device=device,
     )
-    n = fd_sample_count(cfg.eval.fd_samples, len(data.test))
-    samples, intended = prior_samples(model, n, cfg.seed + SAMPLE_STREAM)
-    real = stratified_subset(data.test, n, cfg.seed + SAMPLE_STREAM).images  # (min(n, N), C, H, W) uint8
+    n = fd_sample_count(cfg.eval.fd_samples, len(test))
+    classes = [c for c in range(model.num_classes) if c not in set(d.holdout_classes)]
+    samples, intended = prior_samples(model, n, cfg.seed + SAMPLE_STREAM, classes, binary=d.binarize != "none")
+    real = stratified_subset(test, n, EVAL_SEED).images  # (n, C, H, W) uint8
     metrics = {
         "test/fd": frechet_distance(classifier_features(classifier.net, real, device), classifier_features(classifier.net, samples, device)),
         "test/fd_samples": float(n),
         "test/classifier_accuracy": classifier.test_accuracy,
     }
     if intended is not None:
-        predicted = classify(classifier.net, samples, device)
-        metrics["test/cvae_label_accuracy"] = label_accuracy(predicted, intended, model.num_classes)
+        metrics["test/cvae_label_accuracy"] = label_accuracy(classify(classifier.net, samples, device), intended, model.num_classes)
     if cfg.eval.inception_weights:
         metrics["test/fid"] = inception_fid(Path(cfg.eval.inception_weights).expanduser(), real, samples, device=device)
     else:
@@ -490,23 +510,38 @@ def sample_quality(model: VAE, built: Built, cfg: DictConfig) -> dict[str, float
     return metrics
 
 
+def _no_sample_quality(data: LoadedData, test: Split | Dataset) -> str:
+    """Why this data can have no sample-quality classifier; empty when it can."""
+    if not (isinstance(data.train, Split) and isinstance(test, Split)):
+        return "the sample-quality classifier trains on images in memory, and these stream from disk"
+    if data.train.labels is None:
+        return "the sample-quality classifier needs class labels, and these images have none"
+    if data.info.image_size < MIN_IMAGE_SIZE:
+        return f"the sample-quality classifier needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} px"
+    if len(test) < 2:
+        return "a Fréchet distance needs at least 2 test images"
+    return ""
+
+
 def fd_sample_count(setting: int | str, test_images: int) -> int:
-    """`eval.fd_samples`: a number, or `auto`, as many as the test images and at most FD_SAMPLES, so both sides of the FD are alike."""
-    return int(setting) if setting != "auto" else min(FD_SAMPLES, test_images)
+    """`eval.fd_samples`, at most the test images, so both sides of the FD hold as many; `auto`: at most FD_SAMPLES."""
+    return min(FD_SAMPLES if setting == "auto" else int(setting), test_images)
 
 
-def prior_samples(model: VAE, n: int, seed: int, chunk: int = 1000) -> tuple[Tensor, Optional[Tensor]]:
-    """n images decoded from the prior (the likelihood's mean), on the CPU, and for a CVAE the class each was drawn for (cycling through them)."""
+def prior_samples(model: VAE, n: int, seed: int, classes: Sequence[int] = (), binary: bool = False, chunk: int = 1000) -> tuple[Tensor, Optional[Tensor]]:
+    """n images decoded from the prior (the likelihood's mean; with `binary`, Bernoulli draws from it) on the CPU, and for a CVAE
+    the class each was drawn for, cycling through `classes`."""
     g, cpu = torch.Generator().manual_seed(seed), torch.device("cpu")
-    z = model.prior_distribution().sample(n, g, device=cpu)  # (n, D)
-    y = torch.arange(n) % model.num_classes if model.num_classes else None
+    y = torch.tensor(list(classes))[torch.arange(n) % len(classes)] if model.num_classes else None
     device = next(model.parameters()).device
     images = []
     with evaluating(model):
+        z = model.prior_distribution().sample(n, g, device=cpu)  # (n, D)
         for start in range(0, n, chunk):
             yc = None if y is None else y[start : start + chunk].to(device)
             images.append(model.sample(z[start : start + chunk].to(device), yc).float().cpu())
-    return torch.cat(images), y
+    x = torch.cat(images)
+    return (torch.bernoulli(x, generator=g) if binary else x), y
 
 
 def split_sizes(built: Built) -> dict[str, float]:

@@ -10,6 +10,7 @@ since nothing here downloads.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Iterable, Optional
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vae_runner.classifier import LabelNet, as_unit_float, first_line
+from vae_runner.classifier import LabelNet, apply_in_chunks, first_line
 from vae_runner.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,12 @@ def frechet_distance(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
     return frechet_distance_from_moments(*gaussian_moments(a), *gaussian_moments(b))
 
 
-@torch.no_grad()
 def classifier_features(
     net: LabelNet, images: Tensor | Iterable[Tensor], device: Optional[torch.device] = None, batch: int = 1000
 ) -> Tensor:
     """The classifier's penultimate features (N, F) on the CPU, of images (N, C, H, W) or an iterable of such batches, uint8 or float in [0, 1]."""
     device = torch.device(device) if device is not None else next(net.parameters()).device
-    batches = (images[i : i + batch] for i in range(0, images.shape[0], batch)) if isinstance(images, Tensor) else images
-    out = [net.features(as_unit_float(x.to(device))).float().cpu() for x in batches]
+    out = apply_in_chunks(lambda x: net.features(x).float(), images, device, batch)
     if not out:
         raise ValueError("classifier_features got no images")
     return torch.cat(out)
@@ -141,6 +140,25 @@ def inception_metric(weights: Path, device: torch.device) -> torch.nn.Module:
     """torchmetrics' FrechetInceptionDistance with the Inception weights at `weights`, on `device`; a UserError when they are unusable."""
     from torchmetrics.image.fid import FrechetInceptionDistance  # imported here: the import costs a second, and only FID needs it
 
+    weights = check_inception_weights(weights)
+    try:
+        metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights), antialias=False)
+    except (RuntimeError, KeyError, ValueError) as err:  # a state dict of other shapes or keys
+        raise UserError(f"eval.inception_weights={weights} does not fit the FID Inception-v3 ({first_line(err)}); {_GET_WEIGHTS}.") from None
+    return metric.to(device)
+
+
+def check_inception_weights(weights: Path | str) -> Path:
+    """The path of usable FID Inception weights, with torchmetrics and torch-fidelity installed; else a UserError in one sentence.
+
+    Called when the config is checked, so a bad `eval.inception_weights` is refused before training, not after it.
+    """
+    missing = [name for name in ("torchmetrics", "torch_fidelity") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(
+            f"eval.inception_weights needs {' and '.join(missing)}, which are not installed; pip install 'vae-runner[fid]', "
+            f"or leave eval.inception_weights unset."
+        )
     weights = Path(weights).expanduser()
     if not weights.is_file():
         raise UserError(f"eval.inception_weights={weights} is not a file; {_GET_WEIGHTS}.")
@@ -152,12 +170,7 @@ def inception_metric(weights: Path, device: torch.device) -> torch.nn.Module:
         raise UserError(f"eval.inception_weights={weights} could not be read as PyTorch weights ({first_line(err)}); {_GET_WEIGHTS}.") from None
     if not isinstance(state, dict) or not all(key in state for key in _INCEPTION_KEYS) or tuple(state["fc.weight"].shape) != (1008, 2048):
         raise UserError(f"eval.inception_weights={weights} does not hold the FID Inception-v3 weights; {_GET_WEIGHTS}.")
-    del state
-    try:
-        metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights), antialias=False)
-    except (RuntimeError, KeyError, ValueError) as err:  # a state dict of other shapes or keys
-        raise UserError(f"eval.inception_weights={weights} does not fit the FID Inception-v3 ({first_line(err)}); {_GET_WEIGHTS}.") from None
-    return metric.to(device)
+    return weights
 
 
 def inception_input(images: Tensor) -> Tensor:

@@ -24,7 +24,6 @@ every position and rotation.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ import torch
 from filelock import FileLock
 from numpy.lib.stride_tricks import sliding_window_view
 
-from vae_runner.atomic import atomic_write, human_bytes, write_json
+from vae_runner.atomic import atomic_write, file_digest, human_bytes, write_json
 from vae_runner.data.memory import available_memory
 from vae_runner.data.splits import SPLIT_SEED, Split, hold_out, holdout_size, stratified_indices
 from vae_runner.errors import UserError
@@ -68,6 +67,8 @@ HEART_CENTRE_Y = 0.118
 # Bump when the pixels change: a cache written by another version is regenerated.
 GENERATOR_VERSION = 1
 CACHE_NAME = "dsprites-64-packed.npy"  # (737280, 512) uint8: each image's 4096 pixels, np.packbits, row-major
+# The share of the grid held out as the test split, fixed so that dataset.val_fraction moves only the validation split.
+TEST_FRACTION = 0.1
 
 
 def render_sprite(shape: int, scale: float, orientation: float) -> np.ndarray:
@@ -175,7 +176,8 @@ def load_packed(root: Path) -> np.ndarray:
             packed = generate()
             atomic_write(path, lambda f: np.save(f, packed), elsewhere="dataset.root")
             del packed
-            write_json(meta, {"generator_version": GENERATOR_VERSION, "bytes": path.stat().st_size, "sha256": _sha256(path)})
+            record = {"generator_version": GENERATOR_VERSION, "bytes": path.stat().st_size, "sha256": file_digest(path)}
+            write_json(meta, record, elsewhere="dataset.root")
     finally:
         lock.release()
     return np.load(path, mmap_mode="r")
@@ -192,17 +194,12 @@ def _verified(path: Path, meta: Path, warn: bool) -> bool:
                 log.info("%s was made by dSprites generator version %s, this is %d; regenerating it", path, record.get("generator_version"), GENERATOR_VERSION)
             return False
         # The size first: a truncated file is caught without reading it.
-        good = path.stat().st_size == record["bytes"] and _sha256(path) == record["sha256"]
+        good = path.stat().st_size == record["bytes"] and file_digest(path) == record["sha256"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         good = False
     if not good and warn:
         log.warning("%s is corrupt or incomplete (its size or sha256 differs from %s); regenerating it", path, meta.name)
     return good
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _cache_bytes() -> int:
@@ -222,13 +219,14 @@ def load_dsprites(
 ) -> tuple[Split, Split, Split]:
     """(train, validation, test) Splits: images (N, 1, 64, 64) uint8, labels the shape index, factors (N, 5) int64 indices.
 
-    dSprites has no test split: test, then validation, are held out of the whole
-    grid as for a flat image folder, then each split is capped by a subset
-    balanced over shapes, all with SPLIT_SEED.
+    dSprites has no test split: test (TEST_FRACTION of the grid, whatever
+    `val_fraction` is), then validation, are held out of the whole grid as for a
+    flat image folder, then each split is capped by a subset balanced over shapes,
+    all with SPLIT_SEED.
     """
     n = N_IMAGES
     labels = torch.arange(n) // (n // GRID[0])  # the shape index: the slowest factor
-    rest, test_idx = hold_out(n, holdout_size(n, val_fraction), SPLIT_SEED + 1)
+    rest, test_idx = hold_out(n, holdout_size(n, TEST_FRACTION), SPLIT_SEED + 1)
     kept, held = hold_out(len(rest), holdout_size(len(rest), val_fraction), SPLIT_SEED)
     chosen = []
     for idx, cap in ((rest[kept], train_samples), (rest[held], val_samples), (test_idx, test_samples)):

