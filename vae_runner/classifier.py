@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ WIDTH, EPOCHS, BATCH_SIZE, LR = 16, 3, 128, 6e-3
 # Small training sets get more epochs, up to this many steps: MNIST's 1,000-image subsets reach 96.5% test accuracy in
 # 105 steps (5 CPU-s) but 27% in 3 epochs (21 steps), too few for the batch norms' running statistics to settle.
 MIN_STEPS = 120
+MAX_IMAGES = 60_000  # training images at most (a class-balanced subset), at 28x28 px; see image_budget
 MIN_IMAGE_SIZE = 4  # the smallest side LabelNet takes: its two 2x2 poolings bring 4 px to 1 (3 px would reach 0)
 LOCK_WAIT_S = 3600.0  # how long a second process waits for the first to finish training before it trains uncached
 _warned_uncached: set[str] = set()  # cache folders already reported unwritable by this process
@@ -112,7 +113,7 @@ def train_classifier(
     seed: int,
     device: torch.device,
     epochs: int = EPOCHS,
-    max_images: int = 60_000,
+    max_images: int = MAX_IMAGES,
     batch_size: int = BATCH_SIZE,
     lr: float = LR,
     width: int = WIDTH,
@@ -220,7 +221,7 @@ def load_or_train(
     cache_dir: Path,
     seed: int = 0,
     device: torch.device,
-    max_images: int = 60_000,
+    max_images: Optional[int] = None,
 ) -> Classifier:
     """The classifier of this training split, with its accuracy on `test`: read from `cache_dir/classifiers/` when a verified copy is there, else trained and stored.
 
@@ -231,6 +232,7 @@ def load_or_train(
     if train.labels is None or test.labels is None:
         raise ValueError("the sample-quality classifier needs labelled training and test images")
     device = torch.device(device)
+    max_images = max_images or image_budget(train.images.shape[1:])
     key = fingerprint(train, seed, max_images)
     path = Path(cache_dir) / "classifiers" / f"{dataset}-{key[:16]}.pt"
     with _cache_lock(path) as writable:
@@ -240,6 +242,12 @@ def load_or_train(
             return _train_and_store(train, test, where, key, dataset=dataset, num_classes=num_classes, seed=seed, device=device, max_images=max_images)
     # Measured here, not read from the cache: the cached accuracy is on the test split of whichever run trained it.
     return Classifier(net, accuracy(net, test), path)
+
+
+def image_budget(shape: Sequence[int]) -> int:
+    """How many training images the classifier gets by default: MNIST's 60,000 at most, and as many pixels for larger images
+    (dsprites' 64x64: 11,484; CIFAR-10's 3x32x32: 15,312), so training costs about the same ~35 CPU-s whatever the dataset."""
+    return min(MAX_IMAGES, MAX_IMAGES * 28 * 28 // math.prod(shape))
 
 
 @contextmanager
