@@ -21,7 +21,7 @@ install: $(STAMP) ## create .venv and pip install -e .[dev]
 run: $(STAMP) ## train the default VAE on MNIST (extra Hydra overrides: make run ARGS="model=cvae")
 	$(VENV)/bin/vae-run $(ARGS)
 
-test: $(STAMP) ## run the test suite (about 12 minutes on 2 CPU cores)
+test: $(STAMP) ## run the test suite (about 14 minutes on 2 CPU cores)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fresh: $(STAMP) ## the suite as on a fresh clone: ../shared/data hidden, small data built by the fixtures

@@ -17,6 +17,7 @@ DISENTANGLEMENT = ("test/mig", "test/dci_disentanglement", "test/dci_completenes
 SMALL_DSPRITES = [
     "dataset=dsprites", "dataset.train_samples=2048", "dataset.val_samples=256", "eval.test_samples=400", "eval.disentanglement_images=300",
     "train.epochs=1", "train.batch_size=128", "eval.nll_samples=2", "model.latent_dim=6",
+    "eval.sample_quality=false",  # its classifier on 64x64 images costs 20 s here; test/fd is checked on MNIST below
 ]
 
 
@@ -42,8 +43,7 @@ def test_a_dsprites_run_records_every_disentanglement_metric_with_its_counts(dsp
     assert metrics["test/factorvae_train_votes"] == 10_000 and metrics["test/factorvae_eval_votes"] == 5_000
     scalars = read_scalars(dsprites_run)
     assert scalars["test/mig"][-1][1] == pytest.approx(metrics["test/mig"], abs=1e-6)
-    assert "test/fd" in scalars and metrics["test/fd"] >= 0
-    assert 0.0 <= metrics["test/classifier_accuracy"] <= 1.0
+    assert "test/fd" not in metrics  # eval.sample_quality=false
 
 
 def test_the_same_checkpoint_gives_the_same_figures(dsprites_run: Path, tmp_path: Path) -> None:
@@ -52,8 +52,17 @@ def test_the_same_checkpoint_gives_the_same_figures(dsprites_run: Path, tmp_path
     proc = vae_eval(str(copy))
     assert proc.returncode == 0, proc.stderr[-3000:]
     before, after = _metrics(dsprites_run), _metrics(copy)
-    for name in (*DISENTANGLEMENT, "test/fd", "test/classifier_accuracy"):
+    for name in DISENTANGLEMENT:
         assert after[name] == before[name], name
+
+
+def test_the_same_cvae_checkpoint_gives_the_same_sample_quality(cvae_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(cvae_dir, copy)
+    proc = vae_eval(str(copy))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("test/fd", "test/classifier_accuracy", "test/cvae_label_accuracy"):
+        assert _metrics(copy)[name] == _metrics(cvae_dir)[name], name
 
 
 def test_the_traversal_names_the_factor_each_dimension_captures() -> None:
@@ -71,7 +80,7 @@ def test_a_cvae_on_dsprites_is_not_scored_on_the_shape_its_label_gives_it(dsprit
     proc = vae_run(f"dataset.root={dsprites_root}", *SMALL_DSPRITES, "model=cvae", "eval.sample_quality=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "disentanglement scored against scale, orientation, posX, posY on 300 test images" in (tmp_path / "run" / "vae-run.log").read_text()
-    assert "test/fd" not in _metrics(tmp_path / "run") and "test/mig" in _metrics(tmp_path / "run")
+    assert "test/mig" in _metrics(tmp_path / "run")
 
 
 def test_a_cvae_run_records_its_label_accuracy_and_fd(cvae_dir: Path) -> None:
